@@ -1,0 +1,1 @@
+"""Model zoo (being written): build(name, num_classes, input_shape, normalization)."""
