@@ -19,6 +19,9 @@ STARTS = ("uniform", "normal", "none")
 
 # TRADES/MART start the attack at x + 0.001 * N(0, 1) (their reference code).
 NORMAL_START_STD = 0.001
+# A fixed algorithm ("auto_select" may pick another under XLA): the same seed gives the
+# same noise with and without jit_compile and on every device.
+_RNG_ALG = "philox"
 # Guards the L2 gradient normalisation against a zero gradient (reference code value).
 _L2_GRAD_EPS = 1e-10
 
@@ -81,16 +84,16 @@ def random_init(x, norm, epsilon, start, seed, clip_min=0.0, clip_max=1.0):
         return x
     shape = tf.shape(x)
     if start == "normal":
-        return x + NORMAL_START_STD * tf.random.stateless_normal(shape, seed, dtype=x.dtype)
+        return x + NORMAL_START_STD * tf.random.stateless_normal(shape, seed, dtype=x.dtype, alg=_RNG_ALG)
     epsilon = tf.cast(epsilon, x.dtype)
     if norm == "linf":
-        delta = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype) * epsilon
+        delta = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype, alg=_RNG_ALG) * epsilon
     else:
         direction_seed, radius_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, 2))
-        direction = tf.random.stateless_normal(shape, direction_seed, dtype=x.dtype)
+            tf.random.experimental.stateless_split(seed, 2, alg=_RNG_ALG))
+        direction = tf.random.stateless_normal(shape, direction_seed, dtype=x.dtype, alg=_RNG_ALG)
         radius_shape = tf.concat([shape[:1], tf.ones_like(shape[1:])], axis=0)
-        radius = tf.random.stateless_uniform(radius_shape, radius_seed, dtype=x.dtype)
+        radius = tf.random.stateless_uniform(radius_shape, radius_seed, dtype=x.dtype, alg=_RNG_ALG)
         delta = direction / tf.maximum(_per_example_l2_norm(direction), 1e-12) * radius * epsilon
     return tf.clip_by_value(x + delta, clip_min, clip_max)
 

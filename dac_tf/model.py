@@ -32,6 +32,14 @@ def _replica_id():
     return tf.cast(context.replica_id_in_sync_group, tf.int64)
 
 
+def derive_seed(seed, iteration, replica_id=0):
+    """The stateless seed of one attack: fold_in(fold_in([seed, 0], iteration), replica_id)."""
+    fold_in = tf.random.experimental.stateless_fold_in
+    base = tf.constant([int(seed), 0], tf.int64)
+    return fold_in(fold_in(base, tf.cast(iteration, tf.int64), alg="philox"),
+                   tf.cast(replica_id, tf.int64), alg="philox")
+
+
 @keras.saving.register_keras_serializable(package="dac_tf")
 class DACModel(keras.Model):
     """Adversarial training with the DAC step, for use with `compile` / `fit`.
@@ -141,12 +149,15 @@ class DACModel(keras.Model):
     def _logits(self, images, training):
         return tf.cast(self.base_model(images, training=training), tf.float32)
 
-    def _seed(self):
-        """Per-replica, per-update seed: a function of `seed` and `optimizer.iterations`."""
-        seed = tf.constant([self.seed, 0], tf.int64)
-        seed = tf.random.experimental.stateless_fold_in(
-            seed, tf.cast(self.optimizer.iterations, tf.int64))
-        return tf.random.experimental.stateless_fold_in(seed, _replica_id())
+    def attack_seed(self):
+        """Seed of the next attack's random start: a function of `seed`, the update count
+        and the replica, so every update and replica draws its own noise and a resumed
+        run (optimizer restored) draws the same noise as an uninterrupted one.
+
+        Returns:
+          int64 [2]: fold_in(fold_in([seed, 0], optimizer.iterations), replica_id).
+        """
+        return derive_seed(self.seed, self.optimizer.iterations, _replica_id())
 
     def generate_adversarial(self, images, labels, seed=None):
         """The method's training attack against the current weights (stopped gradient)."""
@@ -154,7 +165,7 @@ class DACModel(keras.Model):
             lambda t: self._logits(t, self.attack_training), images, labels,
             epsilon=self.epsilon, step_size=self.step_size, num_steps=self.num_steps,
             norm=self.norm, loss=self._attack_loss, start=self._attack_start,
-            seed=self._seed() if seed is None else seed)
+            seed=self.attack_seed() if seed is None else seed)
 
     def robust_loss(self, images, adv_images, labels):
         """The base method's per-example robust loss (train-mode BN) and the adversarial logits."""
@@ -174,6 +185,23 @@ class DACModel(keras.Model):
             return 0.0
         return 0.5 * self.weight_decay * tf.add_n(
             [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+
+    def ac_update(self, adv_images):
+        """Phase A's update: one optimizer step on ac_step * AC(logits(adv_images)).
+
+        Args:
+          adv_images: adversarial examples (already generated; no gradient flows to them).
+
+        Returns:
+          The AC loss (ac_step * AC) before the update, float32 scalar.
+        """
+        variables = self.base_model.trainable_variables
+        with tf.GradientTape() as tape:
+            ac = certainty.adversarial_certainty(self._logits(adv_images, True), self.ac_measure)
+            ac_loss = self.ac_step * ac
+            scaled = self._scaled(ac_loss, variables)
+        self._update(scaled, tape, variables)
+        return ac_loss
 
     def _update(self, loss, tape, variables):
         grads = tape.gradient(loss, variables)
@@ -201,13 +229,7 @@ class DACModel(keras.Model):
         variables = self.base_model.trainable_variables
 
         if self.use_dac:
-            adv_images = self.generate_adversarial(images, labels)
-            with tf.GradientTape() as tape:
-                ac = certainty.adversarial_certainty(self._logits(adv_images, True),
-                                                     self.ac_measure)
-                ac_loss = self.ac_step * ac
-                scaled = self._scaled(ac_loss, variables)
-            self._update(scaled, tape, variables)
+            ac_loss = self.ac_update(self.generate_adversarial(images, labels))
             self.ac_loss_tracker.update_state(ac_loss)
 
         adv_images = self.generate_adversarial(images, labels)

@@ -1,0 +1,19 @@
+"""Shared test setup.
+
+The CPU is split into two logical devices before TensorFlow initialises, so the
+MirroredStrategy tests can run two replicas on one machine (as NSL's multi-device
+tests do). Everything else runs on the default device as usual.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+try:
+    tf.config.set_logical_device_configuration(
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+except RuntimeError:  # already initialised (e.g. a plugin imported TF first)
+    pass

@@ -1,0 +1,358 @@
+"""DACModel's train_step against an independent hand-rolled computation.
+
+The reference here is written from REFERENCE.md's description of the authors' PyTorch
+code, not from dac_tf: a Python loop of signed gradient steps for the attack, the
+losses from their formulas, and PyTorch SGD (coupled L2 before momentum, b = mu*b + g,
+w -= lr*b) in NumPy. Only the gradients of the model come from a GradientTape.
+"""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+import dac_tf
+from dac_tf import optimizers
+
+BATCH, SIZE, CHANNELS, CLASSES = 8, 6, 2, 4
+EPS, STEP, STEPS = 0.1, 0.03, 3
+WD, MOMENTUM = 0.01, 0.9
+SEED = 11
+
+
+def make_base(seed, batchnorm=True):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIZE, SIZE, CHANNELS))
+    h = keras.layers.Conv2D(3, 3, padding="same")(inputs)
+    if batchnorm:
+        h = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Flatten()(h)
+    return keras.Model(inputs, keras.layers.Dense(CLASSES)(h))
+
+
+def clone(model, batchnorm=True):
+    twin = make_base(123, batchnorm)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def batch(seed=0, n=BATCH):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.05, 0.95, (n, SIZE, SIZE, CHANNELS)).astype("float32")
+    y = rng.integers(0, CLASSES, n).astype("int32")
+    return x, y
+
+
+# ------------------------------------------------------------- reference
+def ref_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def ref_attack(model, x, y, method, training, noise_seed=None):
+    """PGD as the reference writes it; no random start unless `noise_seed` (TRADES's
+    x + 0.001 N(0, 1) start, drawn with DACModel's documented per-update seed)."""
+    x_adv = tf.constant(x)
+    if noise_seed is not None:
+        x_adv = x_adv + 0.001 * tf.random.stateless_normal(x.shape, noise_seed, alg="philox")
+    natural = tf.nn.softmax(model(x, training=training)) if method == "trades" else None
+    for _ in range(STEPS):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = model(x_adv, training=training)
+            if method == "trades":   # KLDivLoss(sum)(log_softmax(adv), softmax(nat))
+                loss = tf.reduce_sum(natural * (tf.math.log(natural) - tf.nn.log_softmax(logits)))
+            else:
+                loss = tf.reduce_mean(tf.keras.losses.sparse_categorical_crossentropy(
+                    y, logits, from_logits=True))
+        grad = tape.gradient(loss, x_adv).numpy()
+        x_adv = np.clip(np.clip(x_adv.numpy() + STEP * np.sign(grad), x - EPS, x + EPS), 0, 1)
+        x_adv = tf.constant(x_adv.astype("float32"))
+    return x_adv
+
+
+def ref_robust_loss(model, x, x_adv, y, method, beta):
+    onehot = tf.one_hot(y, CLASSES)
+    if method == "at":
+        adv = model(x_adv, training=True)
+        return tf.reduce_mean(-tf.reduce_sum(onehot * tf.nn.log_softmax(adv), 1))
+    nat = model(x, training=True)
+    adv = model(x_adv, training=True)
+    if method == "trades":
+        ce = tf.reduce_mean(-tf.reduce_sum(onehot * tf.nn.log_softmax(nat), 1))
+        p = tf.nn.softmax(nat)
+        kl = tf.reduce_sum(p * (tf.math.log(p) - tf.nn.log_softmax(adv))) / x.shape[0]
+        return ce + beta * kl
+    # MART, line by line from its reference code.
+    adv_probs = tf.nn.softmax(adv)
+    order = np.argsort(adv_probs.numpy(), axis=1)[:, -2:]
+    new_y = np.where(order[:, -1] == y, order[:, -2], order[:, -1])
+    loss_adv = tf.reduce_mean(-tf.reduce_sum(onehot * tf.nn.log_softmax(adv), 1)) + tf.reduce_mean(
+        -tf.gather(tf.math.log(1.0001 - adv_probs + 1e-12), new_y, axis=1, batch_dims=1))
+    nat_probs = tf.nn.softmax(nat)
+    true_probs = tf.reduce_sum(onehot * nat_probs, 1)
+    kl = tf.reduce_sum(nat_probs * (tf.math.log(nat_probs) - tf.math.log(adv_probs + 1e-12)), 1)
+    return loss_adv + beta * tf.reduce_sum(kl * (1.0000001 - true_probs)) / x.shape[0]
+
+
+def ref_ac(logits):
+    m = logits.shape[1]
+    centered = logits - tf.reduce_mean(logits, 1, keepdims=True)
+    return tf.reduce_mean(tf.sqrt(tf.reduce_sum(centered ** 2, 1) / (m - 1)))
+
+
+class RefSGD:
+    """PyTorch SGD with momentum and coupled weight decay, in NumPy."""
+
+    def __init__(self, model):
+        self.model = model
+        self.buffers = [np.zeros(v.shape, "float32") for v in model.trainable_variables]
+
+    def step(self, loss_fn, lr):
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, self.model.trainable_variables)
+        for v, g, b in zip(self.model.trainable_variables, grads, self.buffers):
+            g = g.numpy() + WD * v.numpy()
+            b *= MOMENTUM
+            b += g
+            v.assign(v.numpy() - lr * b)
+
+
+def trades_seed(update):
+    """TRADES's KL has a zero gradient at x itself, so its attack needs the noise start."""
+    fold_in = tf.random.experimental.stateless_fold_in
+    seed = fold_in(tf.constant([SEED, 0], tf.int64), tf.constant(update, tf.int64), alg="philox")
+    return fold_in(seed, tf.constant(0, tf.int64), alg="philox")
+
+
+def ref_train_batch(model, opt, x, y, method, use_dac, lr, beta=None, first_update=0):
+    training = method == "at"          # AT attacks in train mode; TRADES/MART in eval mode
+    ac_step = 0.1 if method == "trades" else 0.3
+    update = first_update
+    seed = (lambda u: trades_seed(u)) if method == "trades" else (lambda u: None)
+    if use_dac:
+        x_adv = ref_attack(model, x, y, method, training, seed(update))
+        opt.step(lambda: ac_step * ref_ac(model(x_adv, training=True)), lr)
+        update += 1
+    x_adv = ref_attack(model, x, y, method, training, seed(update))
+    opt.step(lambda: ref_robust_loss(model, x, x_adv, y, method, beta), lr)
+
+
+def dac(base, method, use_dac, **kwargs):
+    beta = {"at": None, "trades": 6.0, "mart": 5.0}[method]
+    return dac_tf.DACModel(base, method=method, use_dac=use_dac, epsilon=EPS, step_size=STEP,
+                           num_steps=STEPS, random_start=(method == "trades"),
+                           weight_decay=WD, beta=beta, seed=SEED, **kwargs)
+
+
+def assert_weights_close(a, b, atol=2e-5):
+    for va, vb in zip(a.weights, b.weights):
+        np.testing.assert_allclose(np.asarray(va), np.asarray(vb), atol=atol, rtol=1e-4,
+                                   err_msg=va.name)
+
+
+# ------------------------------------------------------------------ tests
+@pytest.mark.parametrize("method", ["at", "trades", "mart"])
+@pytest.mark.parametrize("use_dac", [True, False])
+def test_one_fit_step_matches_hand_rolled_reference(method, use_dac):
+    x, y = batch()
+    base = make_base(1)
+    twin = clone(base)
+    model = dac(base, method, use_dac)
+    model.compile(optimizer=optimizers.TorchSGD(learning_rate=0.1, momentum=MOMENTUM))
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+    beta = {"at": None, "trades": 6.0, "mart": 5.0}[method]
+    ref_train_batch(twin, RefSGD(twin), x, y, method, use_dac, 0.1, beta=beta)
+    moved = max(np.abs(a - b).max() for a, b in zip(base.get_weights(), make_base(1).get_weights()))
+    assert moved > 1e-3, "the step did not change the weights"
+    assert_weights_close(base, twin)
+    assert int(model.optimizer.iterations) == (2 if use_dac else 1)
+
+
+def test_schedule_follows_batches_with_torch_momentum():
+    """Two DAC batches, lr 0.1 then 0.02: the four updates use 0.1, 0.1, 0.02, 0.02."""
+    x, y = batch(n=2 * BATCH)
+    base = make_base(2)
+    twin = clone(base)
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [0.1, 0.02])
+    model = dac(base, "at", True)
+    model.compile(optimizer=optimizers.TorchSGD(learning_rate=schedule, momentum=MOMENTUM))
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+
+    opt = RefSGD(twin)
+    for i, lr in enumerate([0.1, 0.02]):
+        sl = slice(i * BATCH, (i + 1) * BATCH)
+        ref_train_batch(twin, opt, x[sl], y[sl], "at", True, lr)
+    assert_weights_close(base, twin)
+    assert int(model.optimizer.iterations) == 4
+    np.testing.assert_allclose(float(model.optimizer.learning_rate), 0.02, rtol=1e-6)
+
+
+def test_keras_sgd_equals_torch_sgd_at_constant_lr():
+    x, y = batch()
+    bases = [make_base(3), None]
+    bases[1] = clone(bases[0])
+    for base, opt in zip(bases, [keras.optimizers.SGD(0.05, momentum=MOMENTUM),
+                                 optimizers.TorchSGD(0.05, momentum=MOMENTUM)]):
+        model = dac(base, "at", True)
+        model.compile(optimizer=opt)
+        model.fit(x, y, batch_size=BATCH // 2, epochs=1, shuffle=False, verbose=0)
+    assert_weights_close(bases[0], bases[1])
+
+
+def test_torch_sgd_differs_from_keras_sgd_after_lr_drop():
+    """Why TorchSGD exists: after a learning-rate change the two conventions part."""
+    variables = [keras.Variable(np.ones(3, "float32")) for _ in range(2)]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.1, 0.01])
+    opts = [keras.optimizers.SGD(schedule, momentum=0.9),
+            optimizers.TorchSGD(schedule, momentum=0.9)]
+    for v, opt in zip(variables, opts):
+        for _ in range(3):
+            opt.apply([tf.ones(3)], [v])
+    # PyTorch: buffers 1, 1.9, 2.71; w = 1 - 0.1*1 - 0.1*1.9 - 0.01*2.71
+    np.testing.assert_allclose(variables[1].numpy(), 1 - 0.1 - 0.19 - 0.0271, rtol=1e-6)
+    # Keras: v = -0.1, -0.19, -0.171 - 0.01; w = 1 - 0.1 - 0.19 - 0.181
+    np.testing.assert_allclose(variables[0].numpy(), 1 - 0.1 - 0.19 - 0.181, rtol=1e-6)
+
+
+def test_ac_update_lowers_certainty_of_fixed_adversarial_examples():
+    x, y = batch()
+    base = make_base(4)
+    model = dac(base, "at", True, ac_step=1.0)
+    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)   # builds the optimizer
+    x_adv = model.generate_adversarial(tf.constant(x), tf.constant(y))
+    before = float(dac_tf.adversarial_certainty(base(x_adv, training=True)))
+    ac_loss = float(model.ac_update(x_adv))
+    after = float(dac_tf.adversarial_certainty(base(x_adv, training=True)))
+    np.testing.assert_allclose(ac_loss, before, rtol=1e-5)
+    assert after < before
+
+
+def test_metrics_reported_by_fit_and_evaluate():
+    x, y = batch(n=2 * BATCH)
+    model = dac(make_base(5), "trades", True)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    history = model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, validation_data=(x, y))
+    assert {"loss", "adv_accuracy", "adv_certainty", "ac_loss",
+            "val_loss", "val_accuracy"} <= set(history.history)
+    logits = model.base_model.predict(x, verbose=0)
+    expected_acc = np.mean(np.argmax(logits, 1) == y)
+    result = model.evaluate(x, y, batch_size=BATCH, return_dict=True, verbose=0)
+    np.testing.assert_allclose(result["accuracy"], expected_acc, atol=1e-6)
+    ce = -np.log(ref_softmax(logits)[np.arange(len(y)), y]).mean()
+    np.testing.assert_allclose(result["loss"], ce, rtol=1e-4)
+    plain = dac(make_base(5), "at", False)
+    plain.compile(optimizer=keras.optimizers.SGD(0.01))
+    assert "ac_loss" not in plain.fit(x, y, batch_size=BATCH, verbose=0).history
+
+
+def test_adv_certainty_metric_is_the_robust_steps_ac():
+    """With lr=0 nothing changes, so the logged AC equals AC of a regenerated batch."""
+    x, y = batch()
+    base = make_base(6, batchnorm=False)
+    model = dac(base, "at", True, ac_measure="var")
+    model.compile(optimizer=keras.optimizers.SGD(0.0))
+    logs = model.fit(x, y, batch_size=BATCH, verbose=0).history
+    x_adv = ref_attack(base, x, y, "at", True)
+    logits = base(x_adv).numpy()
+    expected = np.mean(np.var(logits, axis=1))          # population variance
+    np.testing.assert_allclose(logs["adv_certainty"][0], expected, rtol=1e-4)
+    np.testing.assert_allclose(logs["ac_loss"][0], 0.3 * expected, rtol=1e-4)
+    np.testing.assert_allclose(logs["adv_accuracy"][0], np.mean(logits.argmax(1) == y))
+
+
+@pytest.mark.parametrize("method", ["at", "mart"])
+def test_jit_compile_matches_graph_mode(method):
+    # Deterministic start: TensorFlow's stateless RNG kernels draw other numbers under
+    # XLA than without it, so only the noise-free attack can match bit for bit.
+    x, y = batch(n=2 * BATCH)
+    bases = [make_base(7), None]
+    bases[1] = clone(bases[0])
+    for base, jit in zip(bases, [False, True]):
+        model = dac(base, method, True)
+        model.compile(optimizer=optimizers.TorchSGD(0.05, momentum=0.9), jit_compile=jit)
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
+        assert model.jit_compile == jit
+    assert_weights_close(bases[0], bases[1], atol=1e-4)
+
+
+def test_jit_compile_with_random_start_is_reproducible():
+    x, y = batch(n=2 * BATCH)
+    runs = []
+    for _ in range(2):
+        base = make_base(9)
+        model = dac_tf.DACModel(base, method="trades", seed=4)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=True)
+        model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+        runs.append(base.get_weights())
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_same_seed_reproduces_and_other_seed_differs():
+    x, y = batch(n=2 * BATCH)
+    runs = []
+    for seed in [1, 1, 2]:
+        base = make_base(8)
+        model = dac_tf.DACModel(base, method="at", seed=seed)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        model.fit(x, y, batch_size=BATCH, shuffle=False, verbose=0)
+        runs.append(base.get_weights())
+    for a, b in zip(runs[0], runs[1]):
+        np.testing.assert_array_equal(a, b)
+    assert max(np.abs(a - b).max() for a, b in zip(runs[0], runs[2])) > 0
+
+
+def test_mixed_bfloat16_policy_trains_with_float32_logits_and_ac():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        inputs = keras.Input((SIZE, SIZE, CHANNELS))
+        h = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inputs)
+        h = keras.layers.Flatten()(h)
+        base = keras.Model(inputs, keras.layers.Dense(CLASSES, dtype="float32")(h))
+        assert base.layers[1].compute_dtype == "bfloat16"
+        model = dac_tf.DACModel(base, method="mart")
+        model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
+        x, y = batch()
+        logs = model.fit(x, y, batch_size=4, verbose=0).history
+        assert all(np.isfinite(v[0]) for v in logs.values())
+        assert logs["adv_certainty"][0] > 0
+        assert base.trainable_weights[0].dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(method="pgd"), "method"),
+    (dict(ac_measure="entropy"), "ac_measure"),
+    (dict(norm="l1"), "norm"),
+    (dict(norm="l2"), "epsilon and step_size"),
+    (dict(method="at", beta=6.0), "beta"),
+    (dict(num_steps=-1), "num_steps"),
+])
+def test_bad_arguments_name_the_argument(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dac_tf.DACModel(make_base(0), **kwargs)
+
+
+def test_compile_rejects_a_loss():
+    model = dac_tf.DACModel(make_base(0))
+    with pytest.raises(ValueError, match="loss"):
+        model.compile(optimizer="sgd", loss="mse")
+
+
+def test_reference_defaults_per_method():
+    at = dac_tf.DACModel(make_base(0), method="at")
+    assert (at.ac_step, at.epsilon, at.step_size, at.num_steps, at.attack_training,
+            at.weight_decay, at.beta) == (0.3, 8 / 255, 2 / 255, 10, True, 5e-4, None)
+    trades = dac_tf.DACModel(make_base(0), method="trades")
+    assert (trades.ac_step, trades.epsilon, trades.step_size, trades.attack_training,
+            trades.weight_decay, trades.beta) == (0.1, 0.031, 0.0078, False, 2e-4, 6.0)
+    mart = dac_tf.DACModel(make_base(0), method="mart")
+    assert (mart.ac_step, mart.epsilon, mart.step_size, mart.attack_training,
+            mart.weight_decay, mart.beta) == (0.3, 0.031, 0.007, False, 3.5e-3, 5.0)
