@@ -212,8 +212,8 @@ def _load_tfds(dataset, *, data_dir, download):
     try:
         builder = tfds.builder(tfds_name, data_dir=data_dir)
         location = str(builder.data_dir)  # the versioned folder tfds looks in
-        # Checked before anything downloads: offline, tfds' HTTP retries can stall for
-        # a long time, and with download=False we must not touch the network at all.
+        # Checked first so that download=False never touches the network: offline,
+        # tfds' HTTP retries can stall for a long time on a firewalled cluster.
         if not builder.is_prepared():
             if not download:
                 raise _tfds_error(dataset, tfds_name, location, "not prepared, download=False")
