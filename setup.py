@@ -21,6 +21,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9",
         "cleverhans>=4.0",
         "absl-py>=1.0",
+        "tensorboard>=2.16",
         "numpy>=1.23",
         # digits dataset (ships with scikit-learn: no download) and plots.
         "scikit-learn>=1.2",

@@ -61,9 +61,10 @@ def load_run_config(model_dir):
 
 def build_model(config):
     """Builds (untrained) the base network a run config describes."""
+    normalization = config.get("normalization")
     return models.build(config["arch"], num_classes=int(config["num_classes"]),
                         input_shape=tuple(config["input_shape"]),
-                        normalization=config.get("normalization"),
+                        normalization=None if normalization in (None, "none") else normalization,
                         **config.get("arch_kwargs", {}))
 
 

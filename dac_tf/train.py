@@ -1,0 +1,354 @@
+r"""Train a robust classifier with DAC: `python -m dac_tf.train --flagfile=configs/at_prn18.cfg`.
+
+Reproduces the reference protocol end to end: the method's attack, losses, SGD with
+PyTorch momentum and coupled weight decay, the per-batch learning-rate schedule, the
+augmentation, an attacked evaluation after every epoch (PGD with the training attack's
+settings, BatchNorm in inference mode) and `best` / `last` checkpoints. Flags and their
+reference defaults: `dac_tf/config.py`; the run directory's layout: `dac_tf/checkpoints.py`.
+
+A run killed at any point continues from its last finished epoch when the same command
+is run again, with the same final weights as an uninterrupted run: the data order and
+augmentation of an epoch are a function of (seed, epoch), and the attacks' noise of
+(seed, optimizer step), both restored from the checkpoint.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dac_tf import __version__
+from dac_tf import attacks
+from dac_tf import certainty
+from dac_tf import checkpoints
+from dac_tf import config as config_lib
+from dac_tf import data
+from dac_tf import models
+from dac_tf import schedules
+from dac_tf.model import DACModel
+from dac_tf.optimizers import TorchSGD
+
+METRICS_FILE = "metrics.csv"
+STATE_FILE = "state.json"
+METRIC_COLUMNS = (
+    "epoch", "lr", "train_loss", "train_adv_accuracy", "train_ac", "train_ac_loss",
+    "val_clean_accuracy", "val_robust_accuracy", "val_ac",
+    "test_clean_accuracy", "test_robust_accuracy", "test_ac", "epoch_seconds")
+# Keys that --resume may change (anything else would make a different run).
+RESUME_MAY_CHANGE = ("epochs", "eval_examples", "max_steps_per_epoch", "jit_compile")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where."""
+
+
+def make_strategy(name):
+    """`MirroredStrategy` over the visible GPUs; one device when there is one or none."""
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" and len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+# --------------------------------------------------------------- run directory
+def _prepare_model_dir(config):
+    """Creates model_dir, or checks that an existing run may be continued.
+
+    Returns:
+      True if an existing run is continued.
+    """
+    path = checkpoints.config_path(config.model_dir)
+    if not os.path.exists(path):
+        os.makedirs(config.model_dir, exist_ok=True)
+        return False
+    saved = checkpoints.load_run_config(config.model_dir)
+    differing = config_lib.differing_keys(saved, config)
+    if differing:
+        allowed = config.resume and all(k in RESUME_MAY_CHANGE for k in differing)
+        if not allowed:
+            shown = ", ".join(f"--{k}: {saved.get(k)!r} -> {getattr(config, k, None)!r}"
+                              for k in differing)
+            hint = (f"--resume may only change {', '.join(RESUME_MAY_CHANGE)}"
+                     if config.resume else "pass --resume to continue it with "
+                     f"changed {', '.join(RESUME_MAY_CHANGE)}, or choose another --model_dir")
+            raise config_lib.ConfigError(
+                f"--model_dir={config.model_dir} holds a run with different flags ({shown}); "
+                f"{hint}.")
+    return True
+
+
+def _write_run_files(config, splits):
+    run = config.to_json_dict()
+    run.update(num_classes=splits.num_classes, input_shape=list(splits.image_shape),
+               class_names=list(splits.class_names), dac_tf_version=__version__)
+    checkpoints.write_json_atomic(checkpoints.config_path(config.model_dir), run)
+    tmp = os.path.join(config.model_dir, checkpoints.FLAGS_FILE + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(config_lib.flagfile_text(config))
+    os.replace(tmp, os.path.join(config.model_dir, checkpoints.FLAGS_FILE))
+
+
+def read_metrics(model_dir):
+    """Rows of metrics.csv as dicts of strings ([] if absent)."""
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_metrics(model_dir, rows):
+    path = os.path.join(model_dir, METRICS_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _fmt(value):
+    if value is None or value == "":
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+# ------------------------------------------------------------------ evaluation
+def make_robust_evaluator(model, config, strategy):
+    """The reference's per-epoch evaluation: clean and PGD accuracy and AC, BN in
+    inference mode, attack = the training attack's eps / step / steps / start with the
+    cross-entropy loss.
+
+    Returns:
+      evaluate(x, y, epoch) -> dict(clean_accuracy, robust_accuracy, ac).
+    """
+
+    def step(images, labels, seed):
+        images = tf.cast(images, tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        logits_fn = lambda t: tf.cast(model(t, training=False), tf.float32)  # noqa: E731
+        clean_logits = logits_fn(images)
+        adv = attacks.pgd(logits_fn, images, labels, epsilon=config.epsilon,
+                          step_size=config.step_size, num_steps=config.num_steps,
+                          norm=config.norm, loss="ce", start=config.attack_start, seed=seed)
+        adv_logits = logits_fn(adv)
+        correct = lambda z: tf.reduce_sum(  # noqa: E731
+            tf.cast(tf.equal(tf.argmax(z, -1, output_type=tf.int32), labels), tf.float32))
+        return tf.stack([
+            correct(clean_logits), correct(adv_logits),
+            tf.reduce_sum(certainty.per_example_certainty(adv_logits, config.ac_measure)),
+            tf.cast(tf.shape(labels)[0], tf.float32)])
+
+    @tf.function(reduce_retracing=True)
+    def distributed_step(images, labels, seed):
+        per_replica = strategy.run(step, args=(images, labels, seed))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    def evaluate(x, y, epoch):
+        if config.eval_examples:
+            x, y = x[:config.eval_examples], y[:config.eval_examples]
+        ds = strategy.experimental_distribute_dataset(
+            data.eval_dataset(x, y, batch_size=config.eval_batch_size))
+        totals = np.zeros(4)
+        for i, (images, labels) in enumerate(ds):
+            seed = tf.constant([config.seed + 1, epoch * 1_000_003 + i], tf.int64)
+            totals += distributed_step(images, labels, seed).numpy()
+        clean, robust, ac_sum, count = totals
+        return {"clean_accuracy": clean / count, "robust_accuracy": robust / count,
+                "ac": ac_sum / count}
+
+    return evaluate
+
+
+# -------------------------------------------------------------------- training
+def build_training(config, splits, strategy, steps_per_epoch):
+    """Builds base model, DACModel, optimizer and checkpoint objects inside the strategy."""
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        base = models.build(config.arch, num_classes=splits.num_classes,
+                            input_shape=splits.image_shape,
+                            normalization=None if config.normalization == "none"
+                            else config.normalization, **config.arch_kwargs)
+        model = DACModel(
+            base, method=config.method, use_dac=config.use_dac, ac_step=config.ac_step,
+            ac_measure=config.ac_measure, epsilon=config.epsilon, step_size=config.step_size,
+            num_steps=config.num_steps, norm=config.norm, beta=config.beta,
+            random_start=config.random_start, weight_decay=config.weight_decay,
+            seed=config.seed)
+        schedule = schedules.build(config.lr_schedule, config.lr, config.epochs,
+                                   steps_per_epoch)
+        optimizer = TorchSGD(learning_rate=schedule, momentum=config.momentum)
+        model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
+        # Build the slots now so a checkpoint restores into existing variables.
+        optimizer.build(base.trainable_variables)
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    return base, model, optimizer, epoch
+
+
+def _epoch_row(epoch, lr, logs, val, test, seconds):
+    row = {"epoch": epoch, "lr": lr, "train_loss": logs.get("loss"),
+           "train_adv_accuracy": logs.get("adv_accuracy"),
+           "train_ac": logs.get("adv_certainty"), "train_ac_loss": logs.get("ac_loss"),
+           "epoch_seconds": seconds}
+    for prefix, result in (("val", val), ("test", test)):
+        if result is not None:
+            row[f"{prefix}_clean_accuracy"] = result["clean_accuracy"]
+            row[f"{prefix}_robust_accuracy"] = result["robust_accuracy"]
+            row[f"{prefix}_ac"] = result["ac"]
+    return row
+
+
+def train_and_evaluate(config):
+    """Trains and evaluates one run described by `config` (a `TrainConfig`).
+
+    Returns:
+      dict: best_epoch, best selection robust accuracy, the last epoch's metrics row, and
+      the paths written.
+    """
+    continuing = _prepare_model_dir(config)
+    splits = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
+                       seed=config.seed)
+    if len(splits.y_train) == 0 or len(splits.y_test) == 0:
+        raise data.DatasetError(f"--dataset={config.dataset}: the training or test split is "
+                                "empty.")
+    steps = data.steps_per_epoch(len(splits.y_train), config.batch_size)
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    try:
+        return _run(config, splits, steps, continuing)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _run(config, splits, steps, continuing):
+    strategy = make_strategy(config.strategy)
+    base, model, optimizer, epoch_var = build_training(config, splits, strategy, steps)
+    last_ckpt = tf.train.Checkpoint(model=base, optimizer=optimizer, epoch=epoch_var)
+    last_manager = tf.train.CheckpointManager(
+        last_ckpt, os.path.join(config.model_dir, checkpoints.LAST_DIR), max_to_keep=2)
+    best_ckpt = tf.train.Checkpoint(model=base, epoch=epoch_var)
+    best_manager = tf.train.CheckpointManager(
+        best_ckpt, os.path.join(config.model_dir, checkpoints.BEST_DIR), max_to_keep=1)
+
+    rows = []
+    if continuing and last_manager.latest_checkpoint:
+        last_ckpt.restore(last_manager.latest_checkpoint).assert_existing_objects_matched()
+        rows = [r for r in read_metrics(config.model_dir) if int(r["epoch"]) <= int(epoch_var)]
+        print(f"Resuming {config.model_dir} from epoch {int(epoch_var)}.", flush=True)
+    _write_run_files(config, splits)
+
+    has_val = len(splits.y_val) > 0
+    select_key = "val_robust_accuracy" if has_val else "test_robust_accuracy"
+    best_epoch, best_value = 0, -1.0
+    for r in rows:
+        if r.get(select_key) not in (None, "") and float(r[select_key]) > best_value:
+            best_epoch, best_value = int(r["epoch"]), float(r[select_key])
+
+    evaluate = make_robust_evaluator(base, config, strategy)
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+    start_epoch = int(epoch_var)
+    for epoch in range(start_epoch, config.epochs):
+        began = time.time()
+        train_ds = data.train_dataset(
+            splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed,
+            augment=config.augment, pad=config.pad, start_epoch=epoch, num_epochs=1).take(steps)
+        if config.verbose:
+            print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
+        history = model.fit(train_ds, epochs=1, steps_per_epoch=steps, shuffle=False,
+                            verbose=config.verbose)
+        logs = {k: float(v[-1]) for k, v in history.history.items()}
+        if not all(math.isfinite(v) for v in logs.values()):
+            raise TrainingError(
+                f"non-finite training metrics at epoch {epoch + 1} ({logs}); stopped. The "
+                f"last good checkpoint ({last_manager.latest_checkpoint or 'none'}) is kept; "
+                "lower --lr or check the data.")
+        lr = float(optimizer.learning_rate)   # the rate of the epoch's last batch
+        val = evaluate(splits.x_val, splits.y_val, epoch) if has_val else None
+        test = evaluate(splits.x_test, splits.y_test, epoch)
+        seconds = time.time() - began
+        row = _epoch_row(epoch + 1, lr, logs, val, test, seconds)
+
+        epoch_var.assign(epoch + 1)
+        selection = row[select_key]
+        if selection > best_value:
+            best_epoch, best_value = epoch + 1, selection
+            best_manager.save(checkpoint_number=epoch + 1)
+        last_manager.save(checkpoint_number=epoch + 1)
+        rows.append(row)
+        _write_metrics(config.model_dir, rows)
+        with writer.as_default(step=epoch + 1):
+            for key, value in row.items():
+                if key != "epoch" and value is not None:
+                    tf.summary.scalar(key, value)
+        print(_summary_line(row, has_val, best_epoch), flush=True)
+
+    summary = {"best_epoch": best_epoch, "best_" + select_key: best_value,
+               "last": rows[-1] if rows else None, "model_dir": config.model_dir}
+    checkpoints.write_json_atomic(os.path.join(config.model_dir, "summary.json"), summary)
+    plots = []
+    if config.report and rows:
+        plots = _report(config.model_dir)
+    summary["plots"] = plots
+    print(f"\nModel (best = epoch {best_epoch}, last = epoch {len(rows)}): "
+          f"{os.path.join(config.model_dir, checkpoints.BEST_DIR)} and "
+          f"{os.path.join(config.model_dir, checkpoints.LAST_DIR)}\n"
+          f"Metrics: {os.path.join(config.model_dir, METRICS_FILE)} "
+          f"(TensorBoard: {os.path.join(config.model_dir, 'tensorboard')})\n"
+          f"Plots: {', '.join(plots) if plots else 'none'}", flush=True)
+    return summary
+
+
+def _summary_line(row, has_val, best_epoch):
+    split = "val" if has_val else "test"
+    ac_loss = "" if row.get("train_ac_loss") is None else f" ac_loss {row['train_ac_loss']:.4f}"
+    return (f"epoch {row['epoch']:>3d}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+            f"train adv {row['train_adv_accuracy']:.4f}  AC {row['train_ac']:.4f}{ac_loss}  "
+            f"{split} clean {row[split + '_clean_accuracy']:.4f} robust "
+            f"{row[split + '_robust_accuracy']:.4f}  best epoch {best_epoch}  "
+            f"{row['epoch_seconds']:.1f}s")
+
+
+def _report(model_dir):
+    try:
+        from dac_tf import report  # imported late: matplotlib is only needed here
+        return report.make_report([model_dir])
+    except Exception as e:  # plots must never cost a finished run
+        logging.warning("Could not write the plots: %s", e)
+        return []
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)   # TF's checkpoint INFO lines drown the log
+    if flags.FLAGS.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    try:
+        config = config_lib.from_flags(flags.FLAGS)
+        train_and_evaluate(config)
+    except (config_lib.ConfigError, data.DatasetError, checkpoints.CheckpointError,
+            TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+config_lib.define_flags()
+
+if __name__ == "__main__":
+    app.run(main)
