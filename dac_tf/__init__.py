@@ -13,6 +13,7 @@ from dac_tf import attacks
 from dac_tf import certainty
 from dac_tf import models
 from dac_tf import objectives
+from dac_tf import optimizers
 from dac_tf import schedules
 from dac_tf.certainty import adversarial_certainty
 from dac_tf.model import DACModel
@@ -20,4 +21,4 @@ from dac_tf.model import DACModel
 __version__ = "0.1.0"
 
 __all__ = ["DACModel", "adversarial_certainty", "attacks", "certainty", "models",
-           "objectives", "schedules"]
+           "objectives", "optimizers", "schedules"]
