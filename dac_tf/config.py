@@ -23,7 +23,7 @@ from dac_tf import models
 from dac_tf import objectives
 from dac_tf import schedules
 
-STRATEGIES = ("mirrored", "one_device")
+STRATEGIES = ("mirrored", "one_device", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 NORMALIZATIONS = ("auto", "none", "cifar10")
 
@@ -87,7 +87,10 @@ def define_flags():
     f.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute dtype policy.")
     f.DEFINE_boolean("jit_compile", False, "Compile the train step with XLA.")
     f.DEFINE_enum("strategy", "mirrored", list(STRATEGIES),
-                  "mirrored: all visible GPUs (falls back to one device/CPU); one_device.")
+                  "mirrored: all visible GPUs (falls back to one device/CPU); one_device; "
+                  "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
+    f.DEFINE_integer("cpu_replicas", 1, "With --strategy=mirrored and no GPU: split the CPU "
+                     "into this many replicas (testing and debugging distribution).")
     f.DEFINE_integer("eval_examples", 0, "Examples of the per-epoch attacked evaluation "
                      "(0: the whole split, as the reference).")
     f.DEFINE_integer("eval_batch_size", 256, "Batch size of the per-epoch evaluation.")
@@ -135,6 +138,7 @@ class TrainConfig:
     mixed_precision: str = "float32"
     jit_compile: bool = False
     strategy: str = "mirrored"
+    cpu_replicas: int = 1
     eval_examples: int = 0
     eval_batch_size: int = 256
     max_steps_per_epoch: int = 0
@@ -145,8 +149,8 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     # Keys that may differ between a run and its resumption.
-    RESUMABLE_KEYS = ("resume", "verbose", "report", "strategy", "eval_batch_size",
-                      "data_dir", "model_dir")
+    RESUMABLE_KEYS = ("resume", "verbose", "report", "strategy", "cpu_replicas",
+                      "eval_batch_size", "data_dir", "model_dir")
 
 
 def resolve(values):
@@ -222,6 +226,7 @@ def resolve(values):
         resume=bool(pick("resume", False)), seed=int(pick("seed", 0)),
         mixed_precision=pick("mixed_precision", "float32"),
         jit_compile=bool(pick("jit_compile", False)), strategy=pick("strategy", "mirrored"),
+        cpu_replicas=int(pick("cpu_replicas", 1)),
         eval_examples=int(pick("eval_examples", 0)),
         eval_batch_size=int(pick("eval_batch_size", 256)),
         max_steps_per_epoch=int(pick("max_steps_per_epoch", 0)),
@@ -251,6 +256,7 @@ def validate(config):
         ("pad", config.pad >= 0, ">= 0"),
         ("eval_examples", config.eval_examples >= 0, ">= 0 (0: all)"),
         ("eval_batch_size", config.eval_batch_size >= 1, ">= 1"),
+        ("cpu_replicas", config.cpu_replicas >= 1, ">= 1"),
         ("max_steps_per_epoch", config.max_steps_per_epoch >= 0, ">= 0 (0: no cap)"),
     ]
     if config.beta is not None:
@@ -278,7 +284,7 @@ _FLAG_NAMES = (
     "normalization", "method", "use_dac", "ac_step", "ac_measure", "epsilon", "step_size",
     "num_steps", "norm", "beta", "random_start", "epochs", "batch_size", "lr",
     "lr_schedule", "weight_decay", "momentum", "model_dir", "resume", "seed",
-    "mixed_precision", "jit_compile", "strategy", "eval_examples", "eval_batch_size",
+    "mixed_precision", "jit_compile", "strategy", "cpu_replicas", "eval_examples", "eval_batch_size",
     "max_steps_per_epoch", "report", "verbose")
 
 

@@ -51,12 +51,52 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the message says where."""
 
 
-def make_strategy(name):
-    """`MirroredStrategy` over the visible GPUs; one device when there is one or none."""
+def make_strategy(name, cpu_replicas=1):
+    """The distribution strategy of `--strategy`.
+
+    mirrored: `MirroredStrategy` over the visible GPUs, or over `cpu_replicas` logical
+      CPUs when there is no GPU; one device when that leaves one.
+    one_device: the first GPU, else the CPU.
+    multi_worker: `MultiWorkerMirroredStrategy` configured by the TF_CONFIG variable.
+    """
+    if name == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise config_lib.ConfigError(
+                "--strategy=multi_worker needs the TF_CONFIG environment variable (cluster "
+                "and this task's type/index); see the README's multi-worker section.")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
+    if name == "mirrored" and not gpus and cpu_replicas > 1:
+        _split_cpu(cpu_replicas)
+        cpus = tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([d.name for d in cpus[:cpu_replicas]])
     if name == "mirrored" and len(gpus) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def _split_cpu(count):
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError:   # devices already initialised: use what exists
+        pass
+    if len(tf.config.list_logical_devices("CPU")) < count:
+        raise config_lib.ConfigError(
+            f"--cpu_replicas={count}: TensorFlow was initialised before the CPU could be "
+            "split; start a fresh process.")
+
+
+def is_chief(strategy):
+    """Whether this process writes files (always, except a non-chief multi-worker task)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
 
 
 # --------------------------------------------------------------- run directory
@@ -197,6 +237,66 @@ def build_training(config, splits, strategy, steps_per_epoch):
     return base, model, optimizer, epoch
 
 
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Stops `fit` at the first batch whose loss is not finite and remembers which."""
+
+    def __init__(self):
+        super().__init__()
+        self.bad_batch = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.bad_batch = batch
+            self.model.stop_training = True
+
+
+def _fit_epoch(model, config):
+    """One epoch with `model.fit` (single machine: one or several local devices)."""
+
+    def run(train_ds, steps):
+        stopper = _StopOnNonFinite()
+        history = model.fit(train_ds, epochs=1, steps_per_epoch=steps, shuffle=False,
+                            verbose=config.verbose, callbacks=[stopper])
+        return {k: float(v[-1]) for k, v in history.history.items()}, stopper.bad_batch
+
+    return run
+
+
+def _custom_loop_epoch(model, strategy, config):
+    """One epoch with a custom loop: `strategy.run(model.train_step)` per batch.
+
+    Keras' `fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); the
+    loop runs the same `DACModel.train_step`, so both paths share every line of the step.
+    """
+
+    @tf.function
+    def step(iterator):
+        strategy.run(model.train_step, args=(next(iterator),))
+
+    names = ["loss", "adv_accuracy", "adv_certainty"] + (["ac_loss"] if model.use_dac else [])
+
+    def run(train_ds, steps):
+        for metric in model.metrics:
+            metric.reset_state()
+        iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+        bar = keras.utils.Progbar(steps, verbose=config.verbose, stateful_metrics=names)
+        for i in range(steps):
+            step(iterator)
+            loss = float(model.loss_tracker.result())
+            if not math.isfinite(loss):
+                return {"loss": loss}, i
+            bar.update(i + 1, [(n, float(m.result())) for n, m in _named(model, names)])
+        return {n: float(m.result()) for n, m in _named(model, names)}, None
+
+    return run
+
+
+def _named(model, names):
+    by_name = {m.name: m for m in model.metrics}
+    return [(n, by_name[n]) for n in names]
+
+
 def _epoch_row(epoch, lr, logs, val, test, seconds):
     row = {"epoch": epoch, "lr": lr, "train_loss": logs.get("loss"),
            "train_adv_accuracy": logs.get("adv_accuracy"),
@@ -235,22 +335,52 @@ def train_and_evaluate(config):
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def _restore_latest(checkpoint, manager):
+    """Restores the newest readable checkpoint of `manager`; a truncated or corrupt one is
+    reported and skipped for the one before it.
+
+    Returns:
+      The path restored, or None when there is none.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).assert_existing_objects_matched()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"warning: checkpoint {path} is unreadable ({reason}); trying the one "
+                  "before it.", file=sys.stderr, flush=True)
+    if manager.checkpoints:
+        raise checkpoints.CheckpointError(
+            f"no readable checkpoint in {manager.directory}; move the directory away to "
+            "start the run afresh.")
+    return None
+
+
 def _run(config, splits, steps, continuing):
-    strategy = make_strategy(config.strategy)
+    strategy = make_strategy(config.strategy, config.cpu_replicas)
+    chief = is_chief(strategy)
     base, model, optimizer, epoch_var = build_training(config, splits, strategy, steps)
     last_ckpt = tf.train.Checkpoint(model=base, optimizer=optimizer, epoch=epoch_var)
+    # Every multi-worker task takes part in a save; only the chief's lands in model_dir
+    # (the others write to a scratch directory they delete), so files are never written
+    # twice.
+    write_dir = config.model_dir if chief else os.path.join(
+        config.model_dir, f".worker_{strategy.cluster_resolver.task_id}")
     last_manager = tf.train.CheckpointManager(
         last_ckpt, os.path.join(config.model_dir, checkpoints.LAST_DIR), max_to_keep=2)
+    save_manager = last_manager if chief else tf.train.CheckpointManager(
+        last_ckpt, os.path.join(write_dir, checkpoints.LAST_DIR), max_to_keep=1)
     best_ckpt = tf.train.Checkpoint(model=base, epoch=epoch_var)
     best_manager = tf.train.CheckpointManager(
-        best_ckpt, os.path.join(config.model_dir, checkpoints.BEST_DIR), max_to_keep=1)
+        best_ckpt, os.path.join(write_dir, checkpoints.BEST_DIR), max_to_keep=1)
 
     rows = []
-    if continuing and last_manager.latest_checkpoint:
-        last_ckpt.restore(last_manager.latest_checkpoint).assert_existing_objects_matched()
+    if continuing and _restore_latest(last_ckpt, last_manager):
         rows = [r for r in read_metrics(config.model_dir) if int(r["epoch"]) <= int(epoch_var)]
         print(f"Resuming {config.model_dir} from epoch {int(epoch_var)}.", flush=True)
-    _write_run_files(config, splits)
+    if chief:
+        _write_run_files(config, splits)
 
     has_val = len(splits.y_val) > 0
     select_key = "val_robust_accuracy" if has_val else "test_robust_accuracy"
@@ -260,7 +390,9 @@ def _run(config, splits, steps, continuing):
             best_epoch, best_value = int(r["epoch"]), float(r[select_key])
 
     evaluate = make_robust_evaluator(base, config, strategy)
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "tensorboard"))
+    writer = tf.summary.create_file_writer(os.path.join(write_dir, "tensorboard"))
+    run_epoch = (_custom_loop_epoch(model, strategy, config) if config.strategy == "multi_worker"
+                 else _fit_epoch(model, config))
     start_epoch = int(epoch_var)
     for epoch in range(start_epoch, config.epochs):
         began = time.time()
@@ -269,14 +401,13 @@ def _run(config, splits, steps, continuing):
             augment=config.augment, pad=config.pad, start_epoch=epoch, num_epochs=1).take(steps)
         if config.verbose:
             print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
-        history = model.fit(train_ds, epochs=1, steps_per_epoch=steps, shuffle=False,
-                            verbose=config.verbose)
-        logs = {k: float(v[-1]) for k, v in history.history.items()}
-        if not all(math.isfinite(v) for v in logs.values()):
+        logs, bad_batch = run_epoch(train_ds, steps)
+        if bad_batch is not None or not all(math.isfinite(v) for v in logs.values()):
+            where = f"batch {bad_batch + 1} of " if bad_batch is not None else ""
             raise TrainingError(
-                f"non-finite training metrics at epoch {epoch + 1} ({logs}); stopped. The "
-                f"last good checkpoint ({last_manager.latest_checkpoint or 'none'}) is kept; "
-                "lower --lr or check the data.")
+                f"non-finite loss at {where}epoch {epoch + 1}; training stopped. The last "
+                f"good checkpoint ({last_manager.latest_checkpoint or 'none yet'}) and the "
+                "best one are kept; lower --lr, check the data, or use float32.")
         lr = float(optimizer.learning_rate)   # the rate of the epoch's last batch
         val = evaluate(splits.x_val, splits.y_val, epoch) if has_val else None
         test = evaluate(splits.x_test, splits.y_test, epoch)
@@ -288,9 +419,10 @@ def _run(config, splits, steps, continuing):
         if selection > best_value:
             best_epoch, best_value = epoch + 1, selection
             best_manager.save(checkpoint_number=epoch + 1)
-        last_manager.save(checkpoint_number=epoch + 1)
+        save_manager.save(checkpoint_number=epoch + 1)
         rows.append(row)
-        _write_metrics(config.model_dir, rows)
+        if chief:
+            _write_metrics(config.model_dir, rows)
         with writer.as_default(step=epoch + 1):
             for key, value in row.items():
                 if key != "epoch" and value is not None:
@@ -299,8 +431,11 @@ def _run(config, splits, steps, continuing):
 
     summary = {"best_epoch": best_epoch, "best_" + select_key: best_value,
                "last": rows[-1] if rows else None, "model_dir": config.model_dir}
-    checkpoints.write_json_atomic(os.path.join(config.model_dir, "summary.json"), summary)
     plots = []
+    if not chief:
+        tf.io.gfile.rmtree(write_dir)
+        return summary
+    checkpoints.write_json_atomic(os.path.join(config.model_dir, "summary.json"), summary)
     if config.report and rows:
         plots = _report(config.model_dir)
     summary["plots"] = plots
