@@ -317,6 +317,8 @@ def train_and_evaluate(config):
       dict: best_epoch, best selection robust accuracy, the last epoch's metrics row, and
       the paths written.
     """
+    if config.strategy == "mirrored" and config.cpu_replicas > 1 and not tf.config.list_physical_devices("GPU"):
+        _split_cpu(config.cpu_replicas)   # before any op initialises the devices
     continuing = _prepare_model_dir(config)
     splits = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
                        seed=config.seed)
@@ -346,7 +348,7 @@ def _restore_latest(checkpoint, manager):
         try:
             checkpoint.restore(path).assert_existing_objects_matched()
             return path
-        except (tf.errors.OpError, ValueError, AssertionError) as e:
+        except Exception as e:  # noqa: BLE001 -- a damaged file raises all sorts (IndexError...)
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             print(f"warning: checkpoint {path} is unreadable ({reason}); trying the one "
                   "before it.", file=sys.stderr, flush=True)
@@ -377,8 +379,8 @@ def _run(config, splits, steps, continuing):
 
     rows = []
     if continuing and _restore_latest(last_ckpt, last_manager):
-        rows = [r for r in read_metrics(config.model_dir) if int(r["epoch"]) <= int(epoch_var)]
-        print(f"Resuming {config.model_dir} from epoch {int(epoch_var)}.", flush=True)
+        rows = [r for r in read_metrics(config.model_dir) if int(r["epoch"]) <= int(epoch_var.numpy())]
+        print(f"Resuming {config.model_dir} from epoch {int(epoch_var.numpy())}.", flush=True)
     if chief:
         _write_run_files(config, splits)
 
@@ -393,7 +395,7 @@ def _run(config, splits, steps, continuing):
     writer = tf.summary.create_file_writer(os.path.join(write_dir, "tensorboard"))
     run_epoch = (_custom_loop_epoch(model, strategy, config) if config.strategy == "multi_worker"
                  else _fit_epoch(model, config))
-    start_epoch = int(epoch_var)
+    start_epoch = int(epoch_var.numpy())
     for epoch in range(start_epoch, config.epochs):
         began = time.time()
         train_ds = data.train_dataset(

@@ -213,3 +213,29 @@ def test_config_files_resolve_and_paper_rows_equal_the_reference(name):
         json.loads(json.dumps(reference.to_json_dict())), config)
     assert differing == []
     assert config.use_dac == (not name.endswith("_baseline.cfg"))
+
+
+def test_non_finite_loss_stops_with_the_epoch_and_batch_and_writes_no_best(tmp_path):
+    model_dir = tmp_path / "nan"
+    result = run_cli(tiny_flags(model_dir, lr=1e30, lr_schedule="constant"))
+    assert result.returncode != 0
+    assert "non-finite loss at batch" in result.stderr and "epoch 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (model_dir / checkpoints.BEST_DIR).exists() or not os.listdir(
+        model_dir / checkpoints.BEST_DIR)
+    assert not (model_dir / checkpoints.LAST_DIR).exists() or not os.listdir(
+        model_dir / checkpoints.LAST_DIR)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    model_dir = tmp_path / "run"
+    assert run_cli(tiny_flags(model_dir, val_size=0)).returncode == 0
+    last = model_dir / checkpoints.LAST_DIR
+    data_file = next(p for p in last.iterdir() if p.name.startswith("ckpt-2.data"))
+    data_file.write_bytes(data_file.read_bytes()[:100])          # truncated write
+    resumed = run_cli(tiny_flags(model_dir, val_size=0, epochs=3, resume=True))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "ckpt-2" in resumed.stderr and "unreadable" in resumed.stderr
+    assert "Resuming" in resumed.stdout and "from epoch 1" in resumed.stdout
+    with open(model_dir / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
