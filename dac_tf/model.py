@@ -220,9 +220,42 @@ class DACModel(keras.Model):
             raise ValueError("DACModel does not support sample weights.")
         if labels is None:
             raise ValueError("DACModel needs (images, labels) batches; got images only.")
+        images = tf.convert_to_tensor(images)
+        labels = tf.convert_to_tensor(labels)
+        if not images.dtype.is_floating:
+            raise ValueError(
+                f"DACModel expects float images in [0, 1]; got dtype {images.dtype.name} "
+                "(for uint8 images divide by 255 first).")
+        if not labels.dtype.is_integer:
+            raise ValueError(f"DACModel expects integer class labels; got dtype "
+                             f"{labels.dtype.name} (one-hot labels: take argmax first).")
         images = tf.cast(images, tf.float32)
         labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-        return images, labels
+        # Graph-side checks (no host sync): attacks clip to [0, 1] and a label out of
+        # range gives NaN on GPU instead of an error, so both would fail silently.
+        checks = [
+            tf.debugging.assert_greater_equal(
+                tf.reduce_min(images), 0.0, message="DACModel: images must be in [0, 1]"),
+            tf.debugging.assert_less_equal(
+                tf.reduce_max(images), 1.0, message="DACModel: images must be in [0, 1]"),
+            tf.debugging.assert_equal(
+                tf.shape(labels)[0], tf.shape(images)[0],
+                message="DACModel: one label per image expected"),
+            tf.debugging.assert_non_negative(
+                labels, message="DACModel: labels must be in [0, num_classes)"),
+        ]
+        num_classes = self._num_classes()
+        if num_classes is not None:
+            checks.append(tf.debugging.assert_less(
+                labels, num_classes, message="DACModel: labels must be in [0, num_classes)"))
+        with tf.control_dependencies(checks):
+            return tf.identity(images), tf.identity(labels)
+
+    def _num_classes(self):
+        try:
+            return int(self.base_model.outputs[0].shape[-1])
+        except (AttributeError, IndexError, TypeError, ValueError):
+            return None   # a subclassed model without symbolic outputs
 
     def train_step(self, data):
         images, labels = self._unpack(data)

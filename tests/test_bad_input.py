@@ -1,0 +1,128 @@
+"""Bad input: fuzzed flags, npz files and fit() inputs end in a clear error, never
+something else, and a failing command leaves an existing run untouched."""
+
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import dac_tf
+from dac_tf import config as config_lib
+from dac_tf import data
+
+from test_train import run_cli, tiny_flags
+
+FLAG_VALUES = {
+    "method": st.sampled_from(["at", "trades", "mart", "pgd", "", "AT"]),
+    "epsilon": st.one_of(st.none(), st.floats(-10, 400, allow_nan=False)),
+    "step_size": st.one_of(st.none(), st.floats(-10, 400, allow_nan=False)),
+    "num_steps": st.one_of(st.none(), st.integers(-5, 50)),
+    "batch_size": st.one_of(st.none(), st.integers(-5, 1024)),
+    "epochs": st.one_of(st.none(), st.integers(-3, 300)),
+    "lr": st.one_of(st.none(), st.floats(-1, 10, allow_nan=False)),
+    "beta": st.one_of(st.none(), st.floats(-5, 20, allow_nan=False)),
+    "momentum": st.one_of(st.none(), st.floats(-1, 2, allow_nan=False)),
+    "val_size": st.one_of(st.none(), st.integers(-10, 100)),
+    "dataset": st.sampled_from(["cifar10", "digits", "npz:/x.npz", "mnist", "npz"]),
+    "norm": st.sampled_from(["linf", "l2"]),
+    "use_dac": st.booleans(),
+    "ac_step": st.one_of(st.none(), st.floats(-1, 2, allow_nan=False)),
+    "arch": st.sampled_from(["preact_resnet18", "wide_resnet", "small_cnn"]),
+    "depth": st.one_of(st.none(), st.integers(0, 40)),
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.fixed_dictionaries({}, optional=FLAG_VALUES))
+def test_fuzzed_flags_resolve_or_raise_config_error(values):
+    try:
+        config = config_lib.resolve(values)
+    except config_lib.ConfigError as e:
+        message = str(e)
+        assert "\n" not in message and message.startswith("--")
+        return
+    assert config.epochs >= 1 and config.batch_size >= 1 and config.num_steps >= 0
+    assert 0 <= config.epsilon <= 1 and config.lr > 0
+    assert (config.beta is None) == (config.method == "at")
+
+
+arrays = st.sampled_from(["uint8", "float32", "float64", "int64", "bool"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(dtype=arrays, rank=st.integers(1, 5), n=st.integers(0, 4),
+       scale=st.sampled_from([1.0, 255.0, -1.0, np.nan]),
+       label_offset=st.sampled_from([0, -1, 10, 0.5]), drop_key=st.sampled_from(
+           [None, "x_train", "y_test"]))
+def test_fuzzed_npz_files_load_or_raise_dataset_error(tmp_path_factory, dtype, rank, n, scale,
+                                                      label_offset, drop_key):
+    rng = np.random.default_rng(0)
+    shape = (n, 4, 4, 1, 1)[:rank]
+    x = (rng.uniform(0, 1, shape) * scale).astype(dtype) if scale == scale else np.full(
+        shape, np.nan)
+    y = (rng.integers(0, 3, n) + label_offset)
+    arrays_ = {"x_train": x, "y_train": y, "x_test": x, "y_test": y}
+    if drop_key:
+        arrays_.pop(drop_key)
+    path = tmp_path_factory.mktemp("npz") / "d.npz"
+    np.savez(path, **arrays_)
+    try:
+        splits = data.load(f"npz:{path}")
+    except data.DatasetError as e:
+        assert "\n" not in str(e).strip()
+        return
+    # Anything accepted is valid: float images in [0, 1] or uint8, labels in range.
+    for images in (splits.x_train, splits.x_test):
+        f = data.to_float32(images)
+        assert f.ndim == 4 and np.all((f >= 0) & (f <= 1))
+    assert splits.y_train.min() >= 0 and splits.y_train.max() < splits.num_classes
+
+
+def small_dac():
+    inputs = keras.Input((4, 4, 1))
+    h = keras.layers.Flatten()(inputs)
+    model = dac_tf.DACModel(keras.Model(inputs, keras.layers.Dense(3)(h)), num_steps=1)
+    model.compile(optimizer="sgd")
+    return model
+
+
+@pytest.mark.parametrize("images, labels, error, match", [
+    (np.zeros((4, 4, 4, 1), "uint8"), np.zeros(4, "int32"), ValueError, "divide by 255"),
+    (np.full((4, 4, 4, 1), 2.0, "float32"), np.zeros(4, "int32"),
+     tf.errors.InvalidArgumentError, r"images must be in \[0, 1\]"),
+    (np.zeros((4, 4, 4, 1), "float32"), np.full(4, 3, "int32"),
+     tf.errors.InvalidArgumentError, r"labels must be in \[0, num_classes\)"),
+    (np.zeros((4, 4, 4, 1), "float32"), np.full(4, -1, "int32"),
+     tf.errors.InvalidArgumentError, r"labels must be in \[0, num_classes\)"),
+    (np.zeros((4, 4, 4, 1), "float32"), np.zeros((4, 3), "float32"), ValueError,
+     "integer class labels"),
+    (np.zeros((4, 5, 5, 1), "float32"), np.zeros(4, "int32"), ValueError, "shape"),
+])
+def test_fit_rejects_bad_batches_clearly(images, labels, error, match):
+    with pytest.raises(error, match=match):
+        small_dac().fit(images, labels, batch_size=4, verbose=0)
+
+
+def digest(directory):
+    h = hashlib.sha256()
+    for root, _, files in sorted(os.walk(directory)):
+        for name in sorted(files):
+            with open(os.path.join(root, name), "rb") as f:
+                h.update(name.encode() + f.read())
+    return h.hexdigest()
+
+
+def test_failing_commands_leave_an_existing_run_untouched(tmp_path):
+    model_dir = tmp_path / "run"
+    assert run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32)).returncode == 0
+    before = digest(model_dir)
+    for extra in ([f"--lr=0.5"], ["--method=trades"], ["--epochs=0"], ["--num_steps=-2"],
+                  ["--dataset=npz:/does/not/exist.npz"]):
+        result = run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32) + extra,
+                         timeout=120)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, extra
+    assert digest(model_dir) == before
