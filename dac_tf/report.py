@@ -1,0 +1,742 @@
+r"""Figures of a training run: `python -m dac_tf.report --model_dir=RUN [--model_dir=RUN2]`.
+
+Reproduces the paper's motivation figures from what a run leaves in its `model_dir`
+(layout: `dac_tf/checkpoints.py`):
+
+* `robust_overfitting.png`: train vs test (and validation) robust accuracy over epochs,
+  clean test accuracy as a lighter line, the selected ("best") epoch marked; one panel
+  per run. Reads `metrics.csv` only.
+* `adversarial_certainty.png`: AC over epochs on training (solid) and test (dashed)
+  adversarial inputs, all runs overlaid (AT vs AT+DAC: DAC keeps AC lower). Reads
+  `metrics.csv` only.
+* `heatmaps_<run>.png` (+ `heatmaps_<run>.json` with the numbers): the model's mean
+  softmax output on PGD adversarial inputs per true class, for the train and test split
+  and the best and last checkpoints. Needs `config.json`, the checkpoints and the data.
+
+    python -m dac_tf.report --model_dir=runs/cifar10_preact_resnet18_at \
+        --model_dir=runs/cifar10_preact_resnet18_at_dac --output_dir=plots/at_vs_dac
+
+The training CLI calls `make_report([model_dir])` when it finishes, so a run's figures
+land in `model_dir/plots/` without a second command.
+
+Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never
+through `pyplot`: importing this module does not change the caller's matplotlib backend
+and works without a display.
+"""
+
+import csv
+import dataclasses
+import math
+import os
+import re
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from matplotlib import ticker
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+import numpy as np
+import tensorflow as tf
+
+from dac_tf import attacks
+from dac_tf import checkpoints
+from dac_tf import data
+
+METRICS_FILE = "metrics.csv"
+PLOTS_DIR = "plots"
+ROBUST_OVERFITTING_FILE = "robust_overfitting.png"
+ADVERSARIAL_CERTAINTY_FILE = "adversarial_certainty.png"
+HEATMAP_SPLITS = ("train", "test")
+
+# The columns the training CLI writes (dac_tf/train.py METRIC_COLUMNS). Missing columns
+# read as all-NaN, so a metrics file from an older version still plots what it has.
+METRIC_COLUMNS = (
+    "epoch", "lr", "train_loss", "train_adv_accuracy", "train_ac", "train_ac_loss",
+    "val_clean_accuracy", "val_robust_accuracy", "val_ac",
+    "test_clean_accuracy", "test_robust_accuracy", "test_ac", "epoch_seconds")
+
+DPI = 120
+# Beyond this many classes the per-cell numbers are unreadable; beyond the second limit
+# the class-name ticks are too.
+_ANNOTATE_MAX_CLASSES = 10
+_TICK_LABEL_MAX_CLASSES = 20
+# Markers make a curve of a handful of epochs (a smoke run) visible at all.
+_MARKER_MAX_EPOCHS = 25
+
+
+class ReportError(ValueError):
+    """A model_dir that cannot be reported on (the message says why, in one line)."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    """One training run as the report sees it.
+
+    Attributes:
+      model_dir: the run directory.
+      name: file-name-safe short name (the directory's base name).
+      label: legend / title label (e.g. "AT+DAC").
+      config: the run's config.json as a dict, or None if it has none.
+      metrics: column name -> float64 array over epochs (NaN where the CSV is empty),
+        rows sorted by epoch.
+    """
+
+    model_dir: str
+    name: str
+    label: str
+    config: dict | None
+    metrics: dict
+
+
+# ------------------------------------------------------------------ metrics.csv
+def read_metrics(model_dir):
+    """Reads a run's metrics.csv into float arrays.
+
+    Args:
+      model_dir: the run directory.
+
+    Returns:
+      dict column -> float64 numpy array, one entry per epoch sorted by epoch; every
+      name of `METRIC_COLUMNS` is present (all-NaN when the file lacks the column), and
+      empty cells (val_* without a validation split, train_ac_loss without DAC) are NaN.
+
+    Raises:
+      ReportError: no metrics.csv, an empty one, no epoch column, or a cell that is
+        not a number.
+    """
+    path = os.path.join(model_dir, METRICS_FILE)
+    if not os.path.isdir(model_dir):
+        raise ReportError(f"--model_dir={model_dir!r} does not exist.")
+    if not os.path.isfile(path):
+        raise ReportError(
+            f"{model_dir!r} has no {METRICS_FILE} (expected a --model_dir written by "
+            "`python -m dac_tf.train` that finished at least one epoch).")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ReportError(f"cannot read {path}: {e}") from None
+    if not header:
+        raise ReportError(f"{path} is empty (no header, no epochs).")
+    if "epoch" not in header:
+        raise ReportError(f"{path} has no 'epoch' column (header: {','.join(header)}).")
+    if not rows:
+        raise ReportError(f"{path} has a header but no epochs yet.")
+
+    columns = {name: np.full(len(rows), np.nan) for name in METRIC_COLUMNS}
+    for name in header:
+        if name and name not in columns:
+            columns[name] = np.full(len(rows), np.nan)
+    for i, row in enumerate(rows):
+        for name, cell in row.items():
+            if name is None or cell is None or cell.strip() == "":
+                continue  # a short row, an overlong one, or an empty cell
+            try:
+                columns[name][i] = float(cell)
+            except ValueError:
+                # Line i + 2: one for the header, one because lines count from 1.
+                raise ReportError(
+                    f"{path} line {i + 2}: column {name!r} holds {cell!r}, not a number."
+                ) from None
+    if not np.all(np.isfinite(columns["epoch"])):
+        raise ReportError(f"{path}: every row needs an epoch number.")
+    order = np.argsort(columns["epoch"], kind="stable")
+    return {name: values[order] for name, values in columns.items()}
+
+
+def selection_key(metrics):
+    """The column the training CLI selects the best checkpoint by.
+
+    Returns:
+      "val_robust_accuracy" when the run has a validation split (any value in that
+      column), else "test_robust_accuracy".
+    """
+    return ("val_robust_accuracy" if np.isfinite(metrics["val_robust_accuracy"]).any()
+            else "test_robust_accuracy")
+
+
+def best_epoch(metrics):
+    """The epoch of the best selection accuracy, as the training CLI picks it.
+
+    The training loop keeps a new best only when it is strictly better, so ties go to
+    the earliest epoch: the first maximum, which is what `np.nanargmax` returns.
+
+    Args:
+      metrics: the output of `read_metrics`.
+
+    Returns:
+      (epoch as int or None if the selection column is all empty, the selection key).
+    """
+    key = selection_key(metrics)
+    values = metrics[key]
+    if not np.isfinite(values).any():
+        return None, key
+    return int(metrics["epoch"][int(np.nanargmax(values))]), key
+
+
+# ------------------------------------------------------------------------- runs
+def _safe_name(model_dir):
+    name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "run"
+
+
+def method_label(config):
+    """A short label from a run config: "AT", "AT+DAC", "TRADES+DAC", ... (None if the
+    config does not say which method)."""
+    if not config or not config.get("method"):
+        return None
+    label = str(config["method"]).upper()
+    return label + "+DAC" if config.get("use_dac") else label
+
+
+def load_runs(model_dirs, labels=None):
+    """Reads the metrics and configs of several runs and gives each a distinct label.
+
+    Args:
+      model_dirs: run directories.
+      labels: optional labels, one per run; default: the method from config.json
+        ("AT", "AT+DAC"), or the directory name when there is no config; labels that
+        would collide get the directory name appended.
+
+    Returns:
+      list of `Run`.
+
+    Raises:
+      ReportError: no runs, a bad model_dir, or a wrong number of labels.
+    """
+    model_dirs = list(model_dirs)
+    if not model_dirs:
+        raise ReportError("no --model_dir given.")
+    if labels is not None and len(labels) != len(model_dirs):
+        raise ReportError(f"got {len(labels)} labels for {len(model_dirs)} runs; give one "
+                          "--label per --model_dir, or none.")
+    base_names = [_safe_name(d) for d in model_dirs]
+    # Runs named alike (runs/a/seed0, runs/b/seed0) would overwrite each other's heatmaps.
+    names = [f"{name}_{base_names[:i].count(name) + 1}" if base_names.count(name) > 1
+             else name for i, name in enumerate(base_names)]
+    configs = []
+    for model_dir in model_dirs:
+        try:
+            configs.append(checkpoints.load_run_config(model_dir)
+                           if os.path.isfile(checkpoints.config_path(model_dir)) else None)
+        except checkpoints.CheckpointError as e:
+            raise ReportError(str(e)) from None
+    metrics = [read_metrics(d) for d in model_dirs]
+    if labels is None:
+        labels = [method_label(c) or name for c, name in zip(configs, names)]
+        labels = [f"{label} ({name})" if labels.count(label) > 1 and label != name else label
+                  for label, name in zip(labels, names)]
+    return [Run(model_dir=d, name=n, label=str(label), config=c, metrics=m)
+            for d, n, label, c, m in zip(model_dirs, names, labels, configs, metrics)]
+
+
+# ---------------------------------------------------------------------- figures
+def _new_figure(width, height, layout="tight"):
+    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # Written next to the target and renamed, so a reader never sees half a PNG.
+    tmp = f"{path}.tmp-{os.getpid()}.png"
+    fig.savefig(tmp, dpi=DPI, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def _style_epoch_axis(ax, num_epochs):
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.grid(True, alpha=0.3)
+    if num_epochs == 1:
+        ax.set_xlim(0.5, 1.5)
+
+
+def _line(ax, epochs, values, **kwargs):
+    finite = np.isfinite(values)
+    if not finite.any():
+        return None
+    if finite.sum() <= _MARKER_MAX_EPOCHS:
+        kwargs.setdefault("marker", "o")
+        kwargs.setdefault("markersize", 3)
+    (line,) = ax.plot(epochs[finite], values[finite], **kwargs)
+    return line
+
+
+def plot_robust_overfitting(runs, path):
+    """Draws train vs test robust accuracy over epochs, one panel per run.
+
+    Args:
+      runs: list of `Run`.
+      path: the PNG to write.
+
+    Returns:
+      `path`.
+    """
+    cols = min(len(runs), 3)
+    rows = math.ceil(len(runs) / cols)
+    fig = _new_figure(5.6 * cols, 4.2 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    for ax, run in zip(axes.ravel(), runs):
+        m = run.metrics
+        epochs = m["epoch"]
+        _line(ax, epochs, m["train_adv_accuracy"], color="tab:blue", lw=1.8,
+              label="train robust")
+        _line(ax, epochs, m["test_robust_accuracy"], color="tab:red", lw=1.8,
+              label="test robust")
+        _line(ax, epochs, m["val_robust_accuracy"], color="tab:orange", lw=1.5, ls="--",
+              label="val robust")
+        _line(ax, epochs, m["test_clean_accuracy"], color="tab:red", lw=1.2, alpha=0.35,
+              label="test clean")
+        best, key = best_epoch(m)
+        if best is not None:
+            i = int(np.flatnonzero(epochs == best)[0])
+            split = key.split("_")[0]
+            ax.axvline(best, color="0.4", ls=":", lw=1.2)
+            ax.plot([best], [m[key][i]], marker="*", markersize=13, color="gold",
+                    markeredgecolor="black", ls="none",
+                    label=f"best epoch {best} ({split} robust {m[key][i]:.1%})")
+            # In the title, not over the curves: they fill the whole plot in some runs.
+            gap = _gap_text(m, i)
+        else:
+            gap = ""
+        ax.set_title(f"{run.label}: robust overfitting" + (f"\n{gap}" if gap else ""),
+                     fontsize=10)
+        ax.set_ylabel("accuracy")
+        ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
+        _style_epoch_axis(ax, len(epochs))
+        ax.legend(loc="best", fontsize=8, framealpha=0.85)
+    for ax in axes.ravel()[len(runs):]:
+        ax.set_visible(False)
+    return _save(fig, path)
+
+
+def _gap_text(m, best_index):
+    """Test robust accuracy at the best and the last epoch: the paper's best-vs-last gap."""
+    test = m["test_robust_accuracy"]
+    finite = np.flatnonzero(np.isfinite(test))
+    if not np.isfinite(test[best_index]) or not finite.size:
+        return ""
+    last = finite[-1]
+    return (f"test robust: best {test[best_index]:.1%} (epoch {int(m['epoch'][best_index])}), "
+            f"last {test[last]:.1%} (epoch {int(m['epoch'][last])})")
+
+
+def _ac_axis_label(runs):
+    measures = {(r.config or {}).get("ac_measure", "std") for r in runs}
+    if measures == {"std"}:
+        return "adversarial certainty (std of logits)"
+    if measures == {"var"}:
+        return "adversarial certainty (variance of logits)"
+    return "adversarial certainty"
+
+
+def plot_adversarial_certainty(runs, path):
+    """Draws AC over epochs, train (solid) and test (dashed), all runs on one axes.
+
+    Args:
+      runs: list of `Run`.
+      path: the PNG to write.
+
+    Returns:
+      `path`.
+    """
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.subplots()
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for run, color in zip(runs, colors):
+        m = run.metrics
+        _line(ax, m["epoch"], m["train_ac"], color=color, lw=1.8,
+              label=f"{run.label}: train")
+        _line(ax, m["epoch"], m["test_ac"], color=color, lw=1.5, ls="--",
+              label=f"{run.label}: test")
+    ax.set_title("Adversarial certainty on PGD adversarial inputs")
+    ax.set_ylabel(_ac_axis_label(runs))
+    _style_epoch_axis(ax, max(len(r.metrics["epoch"]) for r in runs))
+    if ax.get_lines():
+        ax.legend(fontsize=8, framealpha=0.85)
+    else:
+        ax.text(0.5, 0.5, "no AC values in metrics.csv", transform=ax.transAxes,
+                ha="center", va="center", color="0.4")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------- heatmaps
+def mean_softmax_matrix(model, x, y, *, num_classes, epsilon, step_size, num_steps,
+                        norm="linf", start="uniform", seed=0, batch_size=256):
+    """The model's mean softmax output on PGD adversarial inputs, per true class.
+
+    The attack is the training CLI's evaluation attack: cross-entropy PGD with
+    BatchNorm in inference mode (`model(x, training=False)`).
+
+    Args:
+      model: a Keras model mapping [0, 1] images to logits.
+      x: images (uint8 in [0, 255] or float in [0, 1]), any shape the model takes.
+      y: integer labels [N] in [0, num_classes).
+      num_classes: number of classes (the model's number of logits).
+      epsilon, step_size, num_steps, norm, start: the attack (`attacks.pgd`); epsilon
+        and step_size in [0, 1] pixel units.
+      seed: integer seed of the attack's random start (batch i uses [seed, i]).
+      batch_size: examples per attack batch.
+
+    Returns:
+      (matrix, counts): float64 [num_classes, num_classes] whose row t is the mean
+      softmax over the examples of true class t (NaN for a class with no example), so
+      each non-empty row sums to 1; and int64 [num_classes] examples per class.
+
+    Raises:
+      ValueError: labels out of range, mismatched lengths, or a model whose number of
+        logits is not num_classes.
+    """
+    softmax_fn = _adversarial_softmax_fn(model, epsilon=epsilon, step_size=step_size,
+                                         num_steps=num_steps, norm=norm, start=start)
+    return _mean_softmax(softmax_fn, x, y, num_classes=num_classes, seed=seed,
+                         batch_size=batch_size)
+
+
+def _adversarial_softmax_fn(model, *, epsilon, step_size, num_steps, norm, start):
+    """One traced function per model, reused for every split and batch."""
+
+    def logits_fn(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    @tf.function
+    def adversarial_softmax(images, labels, batch_seed):
+        adv = attacks.pgd(logits_fn, images, labels, epsilon=epsilon, step_size=step_size,
+                          num_steps=num_steps, norm=norm, loss="ce", start=start,
+                          seed=batch_seed)
+        return tf.nn.softmax(logits_fn(adv))
+
+    return adversarial_softmax
+
+
+def _mean_softmax(softmax_fn, x, y, *, num_classes, seed, batch_size):
+    y = np.asarray(y).astype(np.int64)
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} images but {len(y)} labels.")
+    if len(y) and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(f"labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}].")
+    batch_size = max(1, min(int(batch_size), len(y)))
+    sums = np.zeros((num_classes, num_classes))
+    counts = np.bincount(y, minlength=num_classes).astype(np.int64)
+    for batch, begin in enumerate(range(0, len(y), batch_size)):
+        images = data.to_float32(x[begin:begin + batch_size])
+        labels = y[begin:begin + batch_size]
+        size = len(labels)
+        if size < batch_size:
+            # Padded to the full batch (BatchNorm in inference mode keeps examples
+            # independent) so the function is traced once, not again for the remainder.
+            images = np.concatenate([images, np.repeat(images[:1], batch_size - size, 0)])
+            labels = np.concatenate([labels, np.repeat(labels[:1], batch_size - size)])
+        probs = softmax_fn(tf.constant(images), tf.constant(labels, tf.int32),
+                           tf.constant([seed, batch], tf.int64)).numpy()
+        if probs.shape[-1] != num_classes:
+            raise ValueError(f"the model returns {probs.shape[-1]} logits; expected "
+                             f"{num_classes}.")
+        np.add.at(sums, labels[:size], probs[:size].astype(np.float64))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None], counts
+
+
+def _checkpoint_epoch(path):
+    # The training CLI saves epoch e as ckpt-e (checkpoint_number=epoch).
+    match = re.search(r"-(\d+)$", path)
+    return int(match.group(1)) if match else None
+
+
+_DATA_CACHE = {}
+# What rebuilding the model and repeating its attack needs from config.json.
+_HEATMAP_CONFIG_KEYS = ("dataset", "arch", "num_classes", "input_shape", "epsilon",
+                        "step_size", "num_steps")
+
+
+def _load_splits(config):
+    key = (config["dataset"], config.get("data_dir"), int(config.get("val_size", 0)),
+           int(config.get("seed", 0)))
+    if key not in _DATA_CACHE:
+        _DATA_CACHE.clear()  # one dataset in memory at a time: CIFAR is 150 MB
+        # download=False: a report must never start a multi-GB download by surprise.
+        _DATA_CACHE[key] = data.load(key[0], data_dir=key[1], val_size=key[2],
+                                     seed=key[3], download=False)
+    return _DATA_CACHE[key]
+
+
+def compute_heatmaps(run, num_examples=1000):
+    """Mean-softmax matrices of a run's best and last checkpoints on train and test.
+
+    Args:
+      run: a `Run` with a config.
+      num_examples: the first `num_examples` examples of each split are attacked.
+
+    Returns:
+      A JSON-ready dict: matrices[split][checkpoint] (lists of lists, None for a
+      missing checkpoint), counts[split], epochs[checkpoint], the attack, class_names.
+
+    Raises:
+      ReportError: no config, no checkpoint at all, or data that cannot be loaded.
+    """
+    config = run.config
+    if not config:
+        raise ReportError(f"{run.model_dir!r} has no {checkpoints.CONFIG_FILE}.")
+    missing = [k for k in _HEATMAP_CONFIG_KEYS if config.get(k) is None]
+    if missing:
+        raise ReportError(f"{checkpoints.config_path(run.model_dir)} lacks "
+                          f"{', '.join(missing)}.")
+    if num_examples <= 0:
+        raise ReportError(f"heatmap_examples must be positive, got {num_examples}.")
+    paths = {}
+    for which in checkpoints.CHECKPOINTS:
+        try:
+            paths[which] = checkpoints.checkpoint_path(run.model_dir, which)
+        except checkpoints.CheckpointError:
+            paths[which] = None
+    if not any(paths.values()):
+        raise ReportError(f"{run.model_dir!r} has no best/ or checkpoints/ checkpoint.")
+    try:
+        splits = _load_splits(config)
+    except data.DatasetError as e:
+        raise ReportError(str(e)) from None
+    except ImportError as e:  # tensorflow_datasets or scikit-learn not installed
+        raise ReportError(f"cannot load --dataset={config['dataset']}: {e}") from None
+    num_classes = int(config.get("num_classes", splits.num_classes))
+    names = list(config.get("class_names") or splits.class_names)
+    if len(names) != num_classes:
+        names = [str(i) for i in range(num_classes)]
+    attack = dict(epsilon=float(config["epsilon"]), step_size=float(config["step_size"]),
+                  num_steps=int(config["num_steps"]), norm=config.get("norm", "linf"),
+                  start=config.get("attack_start", "uniform"))
+    arrays = {"train": (splits.x_train, splits.y_train), "test": (splits.x_test, splits.y_test)}
+
+    result = {"model_dir": os.path.abspath(run.model_dir), "label": run.label,
+              "class_names": names, "attack": dict(attack, loss="ce", bn="inference"),
+              "examples": {}, "counts": {}, "epochs": {},
+              "checkpoints": {k: v for k, v in paths.items()},
+              "matrices": {s: {} for s in HEATMAP_SPLITS},
+              "mean_true_class_probability": {s: {} for s in HEATMAP_SPLITS}}
+    computed = {}  # epoch -> matrices; best and last are often the same epoch
+    for which in checkpoints.CHECKPOINTS:
+        epoch = _checkpoint_epoch(paths[which]) if paths[which] else None
+        result["epochs"][which] = epoch
+        if paths[which] is None:
+            for split in HEATMAP_SPLITS:
+                result["matrices"][split][which] = None
+                result["mean_true_class_probability"][split][which] = None
+            continue
+        cache_key = epoch if epoch is not None else paths[which]
+        if cache_key not in computed:
+            try:
+                model = checkpoints.restore_weights(checkpoints.build_model(config),
+                                                    paths[which])
+            except (checkpoints.CheckpointError, ValueError, TypeError) as e:
+                # build_model's ValueError/TypeError: an arch or arch_kwargs this
+                # version does not know.
+                raise ReportError(f"cannot rebuild the model of {run.model_dir!r}: {e}"
+                                  ) from None
+            softmax_fn = _adversarial_softmax_fn(model, **attack)
+            computed[cache_key] = {}
+            for split in HEATMAP_SPLITS:
+                x, y = arrays[split]
+                x, y = x[:num_examples], y[:num_examples]
+                matrix, counts = _mean_softmax(
+                    softmax_fn, x, y, num_classes=num_classes,
+                    seed=int(config.get("seed", 0)),
+                    batch_size=int(config.get("eval_batch_size", 256)))
+                computed[cache_key][split] = matrix
+                result["counts"][split] = counts.tolist()
+                result["examples"][split] = int(len(y))
+        for split in HEATMAP_SPLITS:
+            matrix = computed[cache_key][split]
+            result["matrices"][split][which] = _json_matrix(matrix)
+            diag = np.diag(matrix)
+            weights = np.asarray(result["counts"][split], float)
+            ok = np.isfinite(diag)
+            result["mean_true_class_probability"][split][which] = (
+                float(np.average(diag[ok], weights=weights[ok])) if ok.any() else None)
+    return result
+
+
+def _json_matrix(matrix):
+    return [[None if not np.isfinite(v) else float(v) for v in row] for row in matrix]
+
+
+def plot_heatmaps(heatmaps, path, title=None):
+    """Draws the 2x2 grid (train/test x best/last) of mean-softmax matrices.
+
+    Args:
+      heatmaps: the output of `compute_heatmaps`.
+      path: the PNG to write.
+      title: figure title; default from the label and the attack.
+
+    Returns:
+      `path`.
+    """
+    names = heatmaps["class_names"]
+    num_classes = len(names)
+    annotate = num_classes <= _ANNOTATE_MAX_CLASSES
+    side = 4.3 if num_classes <= _ANNOTATE_MAX_CLASSES else 5.0
+    # Constrained layout: tight_layout cannot place one colorbar shared by four axes.
+    fig = _new_figure(2 * side + 1.3, 2 * side + 1.5, layout="constrained")
+    fig.get_layout_engine().set(h_pad=0.12, w_pad=0.08)
+    axes = fig.subplots(2, 2)
+    image = None
+    for r, split in enumerate(HEATMAP_SPLITS):
+        for c, which in enumerate(checkpoints.CHECKPOINTS):
+            ax = axes[r, c]
+            rows = heatmaps["matrices"][split][which]
+            epoch = heatmaps["epochs"].get(which)
+            head = f"{split}, {which} model" + (f" (epoch {epoch})" if epoch else "")
+            if rows is None:
+                ax.set_title(head, fontsize=10)
+                ax.text(0.5, 0.5, f"no {which} checkpoint", ha="center", va="center",
+                        transform=ax.transAxes, color="0.4")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                continue
+            matrix = np.array([[np.nan if v is None else v for v in row] for row in rows])
+            image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis",
+                              interpolation="nearest")
+            p_true = heatmaps["mean_true_class_probability"][split][which]
+            ax.set_title(head + (f"\nmean p(true class) = {p_true:.2f}"
+                                 if p_true is not None else ""), fontsize=10)
+            _label_matrix_axes(ax, names)
+            if annotate:
+                _annotate_cells(ax, matrix)
+    if image is not None:
+        colorbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
+        colorbar.set_label("mean softmax probability")
+    if title is None:
+        a = heatmaps["attack"]
+        budget = (f"eps={a['epsilon'] * 255:.3g}/255, step={a['step_size'] * 255:.3g}/255"
+                  if a["norm"] == "linf" else f"eps={a['epsilon']:.3g}, step={a['step_size']:.3g}")
+        n = heatmaps["examples"]
+        title = (f"{heatmaps['label']}: mean softmax on PGD-{a['num_steps']} ({a['norm']}, "
+                 f"{budget}) adversarial inputs\nfirst {n.get('train', 0)} train / "
+                 f"{n.get('test', 0)} test examples")
+    fig.suptitle(title, fontsize=11)
+    return _save(fig, path)
+
+
+def _label_matrix_axes(ax, names):
+    num_classes = len(names)
+    ax.set_xlabel("predicted label")
+    ax.set_ylabel("true label")
+    if num_classes <= _TICK_LABEL_MAX_CLASSES:
+        ticks = np.arange(num_classes)
+        ax.set_xticks(ticks)
+        ax.set_yticks(ticks)
+        long_names = max(len(n) for n in names) > 2
+        ax.set_xticklabels(names, rotation=45 if long_names else 0,
+                           ha="right" if long_names else "center", fontsize=8)
+        ax.set_yticklabels(names, fontsize=8)
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+
+
+def _annotate_cells(ax, matrix):
+    for (i, j), value in np.ndenumerate(matrix):
+        if not np.isfinite(value):
+            continue
+        # viridis is dark below ~0.6: white text there, black on the light end.
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6.5,
+                color="white" if value < 0.6 else "black")
+
+
+# ------------------------------------------------------------------------ report
+def make_report(model_dirs, output_dir=None, heatmaps=True, heatmap_examples=1000,
+                labels=None):
+    """Writes the report's figures for one or several runs.
+
+    Args:
+      model_dirs: run directories (each with a metrics.csv); a single string is taken as
+        one run.
+      output_dir: where the figures go; default `model_dirs[0]/plots`.
+      heatmaps: also draw the per-run adversarial softmax heatmaps (needs config.json,
+        the checkpoints and the dataset; a run without them is skipped with a warning).
+      heatmap_examples: examples of each split attacked for the heatmaps.
+      labels: optional run labels for legends and titles, one per run.
+
+    Returns:
+      list of the PNG paths written (the heatmap numbers go to a .json beside each
+      heatmap PNG).
+
+    Raises:
+      ReportError: a model_dir without a readable, non-empty metrics.csv, bad labels or
+        a non-positive heatmap_examples.
+    """
+    if isinstance(model_dirs, (str, os.PathLike)):
+        model_dirs = [model_dirs]
+    model_dirs = [os.fspath(d) for d in model_dirs]
+    if heatmaps and (isinstance(heatmap_examples, bool) or int(heatmap_examples) <= 0):
+        raise ReportError(f"--heatmap_examples must be a positive integer, got "
+                          f"{heatmap_examples!r}.")
+    runs = load_runs(model_dirs, labels)
+    if output_dir is None:
+        output_dir = os.path.join(model_dirs[0], PLOTS_DIR)
+    os.makedirs(output_dir, exist_ok=True)
+    written = [
+        plot_robust_overfitting(runs, os.path.join(output_dir, ROBUST_OVERFITTING_FILE)),
+        plot_adversarial_certainty(runs, os.path.join(output_dir, ADVERSARIAL_CERTAINTY_FILE)),
+    ]
+    if heatmaps:
+        for run in runs:
+            try:
+                result = compute_heatmaps(run, int(heatmap_examples))
+            except ReportError as e:
+                logging.warning("No heatmaps for %s: %s", run.model_dir, e)
+                continue
+            checkpoints.write_json_atomic(
+                os.path.join(output_dir, f"heatmaps_{run.name}.json"), result)
+            written.append(plot_heatmaps(
+                result, os.path.join(output_dir, f"heatmaps_{run.name}.png")))
+    return written
+
+
+# --------------------------------------------------------------------------- CLI
+def define_flags():
+    """Defines the report's flags (idempotent).
+
+    Called only when this module is the program: the training CLI imports it and
+    already owns --model_dir, and absl refuses a flag defined twice.
+    """
+    if "heatmap_examples" in flags.FLAGS:
+        return
+    flags.DEFINE_multi_string("model_dir", None, "A run directory written by "
+                              "dac_tf.train; repeat the flag to compare runs.")
+    flags.DEFINE_string("output_dir", None, "Where to write the figures (default: the "
+                        "first --model_dir's plots/).")
+    flags.DEFINE_boolean("heatmaps", True, "Draw the adversarial softmax heatmaps (loads "
+                         "the checkpoints and the data, runs PGD).")
+    flags.DEFINE_integer("heatmap_examples", 1000, "Examples of each split attacked for "
+                         "the heatmaps.")
+    flags.DEFINE_multi_string("label", None, "Run labels for legends, one per "
+                              "--model_dir (default: AT, AT+DAC, ... from config.json).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    try:
+        if not f.model_dir:
+            raise ReportError("give at least one --model_dir=RUN_DIR.")
+        paths = make_report(f.model_dir, output_dir=f.output_dir, heatmaps=f.heatmaps,
+                            heatmap_examples=f.heatmap_examples, labels=f.label)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    for path in paths:
+        print(path)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)
