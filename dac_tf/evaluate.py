@@ -16,8 +16,9 @@ BatchNorm in inference mode, the true labels and inputs in [0, 1]:
   what CleverHans does and does not do on Keras 3).
 - `autoattack`: the standard version (APGD-CE, APGD-T, FAB-T, Square) of the native
   TensorFlow implementation in `dac_tf.autoattack`, or with `--autoattack_impl=official`
-  the PyTorch package fra31/auto-attack run on the TF model through
-  `dac_tf.torch_bridge` (needs torch and autoattack installed; not resumable). A subset
+  the PyTorch package fra31/auto-attack (`--autoattack_impl=pyautoattack`: its PyPI
+  repackaging `pyautoattack`) run on the TF model through `dac_tf.torch_bridge` (needs
+  torch and that package installed; not resumable). A subset
   (`--autoattack_attacks`) or reduced budgets are never silent: the column then reads
   e.g. "AA(apgd-ce,apgd-t)" or "AutoAttack*".
 
@@ -82,7 +83,9 @@ AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 AUTOATTACK_BUDGETS = dict(apgd_n_iter=100, fab_n_iter=100, square_n_queries=5000,
                           n_target_classes=9)
 _WHITE_BOX_AA = ("apgd-ce", "apgd-t", "fab-t")
-AUTOATTACK_IMPLS = ("native", "official")
+AUTOATTACK_IMPLS = ("native", "official", "pyautoattack")
+# --autoattack_impl -> the PyTorch package torch_bridge runs
+_TORCH_PACKAGES = {"official": "autoattack", "pyautoattack": "pyautoattack"}
 
 
 class EvaluationError(ValueError):
@@ -230,8 +233,9 @@ def autoattack_settings(epsilon, *, seed, batch_size, options=None):
       epsilon: L-inf budget in [0, 1] units.
       seed: integer seed.
       batch_size: examples per attack batch.
-      options: overrides: `impl` ("native": `dac_tf.autoattack`; "official": the
-        PyTorch package through `dac_tf.torch_bridge`), `attacks` (components, in
+      options: overrides: `impl` ("native": `dac_tf.autoattack`; "official" or
+        "pyautoattack": that PyTorch package through `dac_tf.torch_bridge`), `attacks`
+        (components, in
         order) and the budgets
         `apgd_n_iter`, `fab_n_iter`, `square_n_queries`, `n_target_classes`
         (for tests and smoke runs; anything non-default marks the result non-standard).
@@ -376,8 +380,9 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
                                                       options=autoattack_options)
         else:
             settings[spec.name] = eval_attacks.attack_settings(spec, **common)
-    if any(s.get("impl") == "official" for s in settings.values()):
-        torch_bridge.check_available()   # fail now, not after hours of other attacks
+    for impl in {s.get("impl") for s in settings.values()} & set(_TORCH_PACKAGES):
+        # fail now, not after hours of other attacks
+        torch_bridge.check_available(_TORCH_PACKAGES[impl])
 
     record = dict(info or {})
     record.update(
@@ -482,16 +487,19 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
     return record
 
 
-def _run_official_autoattack(logits_fn, x, y, spec, settings, record):
+def _run_torch_autoattack(logits_fn, x, y, spec, settings, record):
     t0 = time.perf_counter()
     out = torch_bridge.run_official_autoattack(
         logits_fn, x, y, epsilon=settings["epsilon"], seed=settings["seed"],
         batch_size=settings["batch_size"], attacks=tuple(settings["attacks"]),
+        package=_TORCH_PACKAGES[settings["impl"]],
         **{k: settings[k] for k in AUTOATTACK_BUDGETS})
     components = out["components"]
     label = autoattack_label(components, settings)
     record["autoattack_components"] = components
-    record["autoattack"] = dict(impl="official", standard=label == "AutoAttack",
+    record["autoattack"] = dict(impl=settings["impl"], package=out["package"],
+                                package_version=out["package_version"],
+                                standard=label == "AutoAttack",
                                 components=components, max_linf=out["max_linf"],
                                 config={k: settings[k] for k in AUTOATTACK_BUDGETS})
     record["accuracy"][spec.name] = float(np.mean(out["robust_flags"]))
@@ -503,8 +511,8 @@ def _run_official_autoattack(logits_fn, x, y, spec, settings, record):
 
 def _run_autoattack(logits_fn, x, y, spec, settings, record, previous, options, update,
                     show_progress):
-    if settings["impl"] == "official":
-        _run_official_autoattack(logits_fn, x, y, spec, settings, record)
+    if settings["impl"] in _TORCH_PACKAGES:
+        _run_torch_autoattack(logits_fn, x, y, spec, settings, record)
         return
     from dac_tf.autoattack import run_standard_autoattack  # noqa: PLC0415 (heavy import)
 
@@ -790,7 +798,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_boolean("jit_compile", False, "Compile the attacks with XLA.", **f)
     flags.DEFINE_string("autoattack_impl", "native", "native: dac_tf.autoattack "
                         "(TensorFlow, resumable); official: the PyTorch fra31/auto-attack "
-                        "package through dac_tf.torch_bridge (needs torch and autoattack).",
+                        "package through dac_tf.torch_bridge (needs torch and autoattack); "
+                        "pyautoattack: its PyPI repackaging (needs torch and pyautoattack).",
                         **f)
     flags.DEFINE_string("autoattack_attacks", ",".join(AUTOATTACK_STANDARD),
                         "AutoAttack components (a subset is reported as AA(...)).", **f)

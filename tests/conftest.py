@@ -17,3 +17,9 @@ try:
         _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 except RuntimeError:  # already initialised (e.g. a plugin imported TF first)
     pass
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "crosscheck: compares with a second implementation (needs torch and "
+        "pyautoattack; skipped when they are not installed)")
