@@ -126,3 +126,47 @@ def test_failing_commands_leave_an_existing_run_untouched(tmp_path):
                          timeout=120)
         assert result.returncode != 0 and "Traceback" not in result.stderr, extra
     assert digest(model_dir) == before
+
+
+EVAL_FLAG_VALUES = {
+    "attacks": st.sampled_from(["clean", "pgd20", "pgd0", "pgd-3", "pgd", "cw", "cw7",
+                                "fgsm,pgd100,autoattack", "bogus", "", "clean,clean",
+                                "PGD20"]),
+    "epsilon": st.one_of(st.floats(-5, 300), st.just(float("nan")), st.just(float("inf"))),
+    "pgd_step_size": st.floats(-1, 300, allow_nan=False),
+    "cw_step_size": st.floats(-1, 300, allow_nan=False),
+    "cw_confidence": st.floats(-10, 100, allow_nan=False),
+    "checkpoint": st.sampled_from(["best", "last", "last,best", "final", "", "best,"]),
+    "split": st.sampled_from(["test", "train", "val", ""]),
+    "norm": st.sampled_from(["linf", "l2", "l1"]),
+    "batch_size": st.integers(-3, 500),
+    "num_examples": st.integers(-3, 500),
+    "pgd_restarts": st.integers(-2, 5),
+    "autoattack_attacks": st.sampled_from(["apgd-ce,apgd-t,fab-t,square", "apgd-ce",
+                                           "fab", "apgd-ce,apgd-ce", ""]),
+    "autoattack_impl": st.sampled_from(["native", "official", "pyautoattack", "torch"]),
+    "autoattack_targets": st.integers(-1, 12),
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.fixed_dictionaries({}, optional=EVAL_FLAG_VALUES))
+def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):
+    from absl import flags as absl_flags
+    from dac_tf import eval_attacks, evaluate
+
+    flag_values = absl_flags.FlagValues()
+    evaluate.define_flags(flag_values)
+    flag_values(["evaluate", "--model=/no/such/run", "--output=/tmp/never_written.json"]
+                + [f"--{k}={v}" for k, v in values.items()])
+    try:
+        config = evaluate.config_from_flags(flag_values)
+    except (evaluate.EvaluationError, eval_attacks.AttackError) as e:
+        message = str(e)
+        assert "\n" not in message and message.startswith("--"), message
+        return
+    # Anything accepted is a valid evaluation setting.
+    assert config.epsilon is None or 0 <= config.epsilon <= 1
+    assert config.batch_size >= 1 and config.split in evaluate.SPLITS
+    assert all(c in ("best", "last") for c in config.checkpoints)
+    assert eval_attacks.parse_attacks(config.attacks)
