@@ -68,6 +68,7 @@ import tensorflow as tf
 from dac_tf import checkpoints
 from dac_tf import data
 from dac_tf import eval_attacks
+from dac_tf import export
 from dac_tf import torch_bridge
 
 FORMAT = "dac_tf.evaluate/1"
@@ -77,8 +78,6 @@ DEFAULT_EPSILON = 8 / 255
 # The batch size of the DAC reference's AutoAttack script (eval_autoattack.py, bs=200).
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_ATTACKS = "clean,pgd20,pgd100,cw,autoattack"
-METADATA_FILE = os.path.join("assets.extra", "dac_tf_metadata.json")
-SAVED_MODEL_FILE = "saved_model.pb"
 AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 AUTOATTACK_BUDGETS = dict(apgd_n_iter=100, fab_n_iter=100, square_n_queries=5000,
                           n_target_classes=9)
@@ -111,15 +110,16 @@ def resolve_model_path(path):
         raise EvaluationError(f"--model={path!r}: no such directory.")
     if os.path.isfile(checkpoints.config_path(path)):
         return "model_dir", path
-    if os.path.isfile(os.path.join(path, SAVED_MODEL_FILE)):
+    if os.path.isfile(os.path.join(path, export.SAVED_MODEL_FILE)):
         return "saved_model", path
-    versions = [d for d in os.listdir(path) if d.isdigit()
-                and os.path.isfile(os.path.join(path, d, SAVED_MODEL_FILE))]
+    # The export's own notion of a version (TF Serving's: "01" is version 1).
+    versions = {v: d for v, d in export.list_versions(path).items()
+                if os.path.isfile(os.path.join(path, d, export.SAVED_MODEL_FILE))}
     if versions:
-        return "saved_model", os.path.join(path, max(versions, key=int))
+        return "saved_model", os.path.join(path, versions[max(versions)])
     raise EvaluationError(
         f"--model={path!r} is neither a training run ({checkpoints.CONFIG_FILE}) nor a "
-        f"SavedModel ({SAVED_MODEL_FILE}, or numbered versions holding one).")
+        f"SavedModel ({export.SAVED_MODEL_FILE}, or numbered versions holding one).")
 
 
 class _SavedModelLogits:
@@ -197,7 +197,7 @@ def load_logits_fn(path, checkpoint="best"):
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise EvaluationError(f"cannot load the SavedModel {resolved!r}: {first}") from None
         fn = _SavedModelLogits(loaded)
-        metadata_path = os.path.join(resolved, METADATA_FILE)
+        metadata_path = os.path.join(resolved, export.METADATA_FILE)
         extra = _read_json(metadata_path) if os.path.isfile(metadata_path) else {}
         meta.update({k: extra.get(k) for k in ("dataset", "epsilon", "norm", "input_shape",
                                                 "num_classes", "arch", "method", "use_dac")})
