@@ -19,6 +19,13 @@ setuptools.setup(
         "tensorflow>=2.16,<2.22",
         "keras>=3.5,<4",
         "tensorflow-datasets>=4.9",
+        # tfds (4.9.10) imports `importlib_resources` on its download-and-prepare path
+        # (DatasetBuilder.code_path) but declares it only for Python < 3.9, so without
+        # this the first download of cifar10/cifar100/svhn dies with an ImportError.
+        "importlib_resources>=5.0",
+        # tfds' svhn_cropped builder reads the downloaded .mat files with scipy.io;
+        # tfds lists scipy only under its optional "svhn" extra.
+        "scipy>=1.9",
         "cleverhans>=4.0",
         "absl-py>=1.0",
         "tensorboard>=2.16",

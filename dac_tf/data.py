@@ -25,9 +25,15 @@ global TF seed or on how many random ops ran before.
 
 import dataclasses
 import os
+import shutil
+import socket
+import threading
+import urllib.parse
 
 import numpy as np
 import tensorflow as tf
+
+from dac_tf import errors
 
 DATASETS = ("cifar10", "cifar100", "svhn", "digits")  # plus "npz:PATH"
 AUGMENTATIONS = ("none", "reflect", "zero")
@@ -35,6 +41,27 @@ AUGMENTATIONS = ("none", "reflect", "zero")
 _TFDS_NAMES = {"cifar10": "cifar10", "cifar100": "cifar100", "svhn": "svhn_cropped"}
 _NPZ_PREFIX = "npz:"
 _TFDS_CHUNK = 10_000  # examples per read from tfds
+
+# Where each tfds builder downloads from, as in the checksums files of tfds 4.9.10
+# (image_classification/cifar.py, datasets/svhn_cropped/checksums.tsv). Used only when
+# the builder cannot list its URLs itself (`url_infos`), so the offline check still
+# knows which host to try. tfds 4.9.10 has its GCS mirror of prepared datasets
+# switched off (gcs_utils._is_gcs_disabled), so these hosts are the only source.
+_TFDS_FALLBACK_URLS = {
+    "cifar10": ("https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",),
+    "cifar100": ("https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz",),
+    "svhn_cropped": tuple(f"http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
+                          for split in ("train", "test", "extra")),
+}
+# Offline, tfds' own HTTP client retries 10 times with exponential backoff (about
+# 3.5 minutes) before it gives up; one TCP connect per download host, bounded by this
+# many seconds (DNS lookup included), answers "is there a network?" before that.
+_PREFLIGHT_TIMEOUT_S = 5.0
+# How deep below a tfds-owned folder the pre-download listing goes. tfds creates its
+# partial files at most two levels down (<name>/<config>/<version>,
+# downloads/<name>/<file>.tmp.<uuid>/, downloads/extracted/<archive>/); whatever it
+# writes further down sits inside a folder that is new and so removed as a whole.
+_SNAPSHOT_DEPTH = 2
 
 # Used when the tfds metadata carries no label names (e.g. under tfds mock data, which
 # reads the feature spec from code where CIFAR-10's names are only num_classes=10).
@@ -51,7 +78,7 @@ _DIGITS_TEST_FRACTION = 0.2
 _PIPELINE_SALT = 0x0DAC
 
 
-class DatasetError(ValueError):
+class DatasetError(errors.UserError):
     """A dataset cannot be loaded, or its contents or the split request are invalid."""
 
 
@@ -133,7 +160,9 @@ def load(dataset, *, data_dir=None, val_size=0, seed=0, download=True):
         split, which is fixed.
       download: for tfds datasets not yet prepared under `data_dir`, whether tfds may
         try to download them. With False a missing dataset fails at once, without
-        touching the network.
+        touching the network. With True and no network it fails within seconds (a
+        short connection check to the download host comes first), and a download
+        that fails later leaves no partial files behind.
 
     Returns:
       A `Splits`.
@@ -185,16 +214,25 @@ def _split_validation(x, y, *, val_size, seed, dataset):
     return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
 
 
-def _tfds_error(dataset, tfds_name, location, cause):
-    # One line: the CLI prints it as is, and a multi-line tfds traceback buries the fix.
-    reason = f" ({cause})" if cause else ""
-    return DatasetError(
-        f"Dataset {dataset!r} (tfds {tfds_name!r}) could not be downloaded or found "
-        f"under {location}{reason}. Fix: on a machine with internet run `python -c "
-        f"\"import tensorflow_datasets as tfds; tfds.load('{tfds_name}', "
-        f"data_dir='DIR')\"`, copy DIR here and pass --data_dir=DIR, or use "
-        "--dataset=npz:PATH."
-    )
+def _tfds_error(dataset, tfds_name, what):
+    """Builds the one-line error for a tfds dataset that cannot be made available.
+
+    Args:
+      dataset: the --dataset string ("svhn").
+      tfds_name: the tfds builder name ("svhn_cropped").
+      what: what went wrong, one sentence without the trailing period; it should name
+        the folder tfds looked in.
+
+    Returns:
+      A `DatasetError` whose message is one line: the CLI prints it as is, and a
+      multi-line tfds traceback would bury the fix.
+    """
+    message = (
+        f"Dataset {dataset!r} (tfds {tfds_name!r}) {what}. Fix: on a machine with "
+        f"internet run `python -c \"import tensorflow_datasets as tfds; "
+        f"tfds.builder('{tfds_name}', data_dir='DIR').download_and_prepare()\"`, copy "
+        "DIR to this machine and pass --data_dir=DIR, or use --dataset=npz:PATH.")
+    return DatasetError(" ".join(message.splitlines()))
 
 
 def _short(exc):
@@ -208,6 +246,10 @@ def _load_tfds(dataset, *, data_dir, download):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
     tfds_name = _TFDS_NAMES[dataset]
+    if data_dir:
+        # tfds does not expand "~" (it would write to a folder named "~" in the
+        # working directory), and a shell leaves --data_dir=~/x unexpanded.
+        data_dir = os.path.expanduser(os.fspath(data_dir))
     location = f"data_dir={data_dir!r}" if data_dir else "the default tfds data_dir"
     try:
         builder = tfds.builder(tfds_name, data_dir=data_dir)
@@ -216,8 +258,9 @@ def _load_tfds(dataset, *, data_dir, download):
         # tfds' HTTP retries can stall for a long time on a firewalled cluster.
         if not builder.is_prepared():
             if not download:
-                raise _tfds_error(dataset, tfds_name, location, "not prepared, download=False")
-            builder.download_and_prepare()
+                raise _tfds_error(dataset, tfds_name, f"is not prepared under {location} "
+                                  "and download=False")
+            _download_and_prepare(builder, dataset, tfds_name, location)
         arrays = {}
         for split in ("train", "test"):
             # Chunks, not batch_size=-1: that batches by the split size recorded in the
@@ -231,8 +274,9 @@ def _load_tfds(dataset, *, data_dir, download):
         raise
     except Exception as e:  # pylint: disable=broad-except
         # tfds raises many unrelated types here (DatasetNotFoundError, ConnectionError,
-        # ImportError of an optional download dependency, ...): all mean "not available".
-        raise _tfds_error(dataset, tfds_name, location, _short(e)) from e
+        # NonMatchingChecksumError, ...): all mean "not available".
+        raise _tfds_error(dataset, tfds_name, f"could not be downloaded or loaded "
+                          f"under {location} ({_short(e)})") from e
 
     label = builder.info.features["label"]
     num_classes = int(label.num_classes)
@@ -258,6 +302,255 @@ def _load_tfds(dataset, *, data_dir, download):
             )
         out += [images, labels]
     return (*out, num_classes, names)
+
+
+def _download_and_prepare(builder, dataset, tfds_name, location):
+    """Runs `builder.download_and_prepare()` after checking the network, atomically.
+
+    Offline it fails within `_PREFLIGHT_TIMEOUT_S` seconds, before tfds writes
+    anything. If the download or the preparation fails later (connection lost,
+    checksum mismatch, Ctrl-C, ...), whatever this attempt created under the tfds
+    data_dir is removed, so neither a partial download nor a half-written dataset
+    folder is left for the next run to trip over.
+
+    Args:
+      builder: the tfds `DatasetBuilder`, not prepared yet.
+      dataset: the --dataset string, for the error message.
+      tfds_name: the tfds builder name, for the error message.
+      location: the folder tfds looks in, for the error message.
+
+    Raises:
+      DatasetError: a download host cannot be reached, or the download or the
+        preparation failed.
+    """
+    if getattr(type(builder).download_and_prepare, "__module__", "").startswith(
+            "tensorflow_datasets.testing"):
+        # tfds.testing.mock_data's no-op stand-in: nothing is downloaded or written,
+        # so there is no network to check and nothing to clean up.
+        builder.download_and_prepare()
+        return
+    root = _data_dir_root(builder)
+    urls = _urls_to_fetch(builder, tfds_name, os.path.join(root, "downloads"))
+    for url, host, port, via_proxy in _connection_targets(urls):
+        error = _connect_error(host, port, _PREFLIGHT_TIMEOUT_S)
+        if error is not None:
+            target = (f"the proxy {host}:{port} that {url} goes through" if via_proxy
+                      else f"{host}:{port} (to fetch {url})")
+            raise _tfds_error(dataset, tfds_name, f"is not prepared under {location} "
+                              f"and cannot be downloaded: no network connection to "
+                              f"{target}: {_short(error)}")
+    footprint = _TfdsFootprint(root, builder.name)
+    try:
+        builder.download_and_prepare()
+    except BaseException as e:  # pylint: disable=broad-except
+        # BaseException: a Ctrl-C in the middle of a download leaves the same
+        # partial files as a dropped connection.
+        footprint.remove_new()
+        if not isinstance(e, Exception):
+            raise
+        raise _tfds_error(dataset, tfds_name, f"is not prepared under {location} and "
+                          f"its download or preparation failed ({_short(e)}); the "
+                          "partial files were removed") from e
+
+
+def _urls_to_fetch(builder, tfds_name, downloads):
+    """The URLs `download_and_prepare` will fetch over the network.
+
+    Those whose file tfds finds locally are left out: put in the manual folder
+    (<downloads>/manual/<file name>) or still in tfds' download cache from an earlier
+    attempt, they are used without a connection, and an offline machine set up that
+    way must not be refused.
+
+    Args:
+      builder: the tfds `DatasetBuilder`.
+      tfds_name: its name, to look up `_TFDS_FALLBACK_URLS`.
+      downloads: the download folder tfds uses (<data_dir>/downloads).
+
+    Returns:
+      A sorted list of URLs.
+    """
+    try:
+        url_infos = dict(builder.url_infos or {})
+    except Exception:  # pylint: disable=broad-except
+        # Reading the checksums file goes through importlib resources; if that breaks,
+        # the fixed table still lets the check name the right host.
+        url_infos = {}
+    if not url_infos:
+        return sorted(_TFDS_FALLBACK_URLS.get(tfds_name, ()))
+    return sorted(url for url, info in url_infos.items()
+                  if not _locally_available(url, info, downloads, builder.name))
+
+
+def _locally_available(url, info, downloads, name):
+    """Whether tfds would take `url`'s file from disk instead of downloading it.
+
+    Mirrors the look-ups of tfds' DownloadManager._download_or_get_cache (tfds
+    4.9.10): the manual folder by file name, then the cache by the names
+    `resource.get_dl_fname` gives, with and without the dataset sub-folder. Any
+    doubt counts as "not available", which only means the network is checked.
+    """
+    try:
+        from tensorflow_datasets.core.download import resource  # pylint: disable=g-import-not-at-top
+
+        if info.filename and os.path.exists(os.path.join(downloads, "manual",
+                                                         info.filename)):
+            return True
+        for fname in {resource.get_dl_fname(url, info.checksum),
+                      resource.get_dl_fname(url)}:
+            for folder in (os.path.join(downloads, name), downloads):
+                path = os.path.join(folder, fname)
+                if os.path.exists(path) and os.path.exists(path + ".INFO"):
+                    return True
+    except Exception:  # pylint: disable=broad-except
+        pass
+    return False
+
+
+def _connection_targets(urls):
+    """One (url, host, port, via_proxy) per distinct endpoint a download connects to.
+
+    tfds downloads with `requests`, which honours HTTP(S)_PROXY / NO_PROXY; behind
+    a proxy the only connection made from this machine is to the proxy, so that is
+    the one to check.
+    """
+    import requests  # pylint: disable=g-import-not-at-top  (a tfds dependency)
+
+    targets = {}
+    for url in urls:
+        proxy = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+        if proxy and "://" not in proxy:
+            proxy = f"http://{proxy}"  # as requests reads a scheme-less proxy
+        parts = urllib.parse.urlsplit(proxy or url)
+        default_port = {"https": 443, "http": 80}.get(parts.scheme, 1080)
+        try:
+            port = parts.port or default_port
+        except ValueError:  # a malformed port: let tfds report it
+            continue
+        if parts.hostname:
+            targets.setdefault((parts.hostname, port), (url, bool(proxy)))
+    return [(url, host, port, via_proxy)
+            for (host, port), (url, via_proxy) in targets.items()]
+
+
+def _connect_error(host, port, timeout):
+    """Tries one TCP connection; returns None if it opened, else the error.
+
+    The connection runs in a daemon thread joined with `timeout`, because
+    `create_connection`'s own timeout does not cover the DNS lookup, which can hang
+    much longer on a machine without network.
+    """
+    outcome = {}
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome["ok"] = True
+        except OSError as e:  # gaierror, ConnectionRefusedError, timeout, ...
+            outcome["error"] = e
+
+    thread = threading.Thread(target=connect, name="dac_tf-preflight", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if outcome.get("ok"):
+        return None
+    return outcome.get("error") or TimeoutError(f"no answer within {timeout:g} s")
+
+
+def _data_dir_root(builder):
+    root = getattr(builder, "data_dir_root", None)
+    if root is None:  # tfds before data_dir_root: data_dir is <root>/<name>/<version>
+        root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
+    return os.fspath(root)
+
+
+class _TfdsFootprint:
+    """What exists, before a download, where tfds writes for one builder.
+
+    `remove_new` later deletes what appeared there since, and nothing that existed
+    before. Only the folders tfds uses for this builder are looked at
+    (<root>/<name>, <root>/downloads/<name>, <root>/downloads/extracted, plus the
+    <root> and <root>/downloads folders themselves), so files that another process
+    writes meanwhile for another dataset in the same data_dir are left alone. A root
+    that did not exist before is removed whole, with any parent folders tfds had to
+    create for it.
+
+    Remote data_dirs (gs://...) are not tracked: nothing is removed there.
+    """
+
+    def __init__(self, root, name):
+        self._local = "://" not in root
+        root = os.path.abspath(root) if self._local else root
+        self._root = root
+        self._downloads = os.path.join(root, "downloads")
+        self._owned = (os.path.join(root, name), os.path.join(self._downloads, name),
+                       os.path.join(self._downloads, "extracted"))
+        # The top-most folder the attempt would create to make `root` exist.
+        self._created_top = None
+        path = root
+        while self._local and not os.path.lexists(path):
+            self._created_top = path
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+        self._before = set()
+        if self._local and self._created_top is None:
+            if os.path.lexists(self._downloads):
+                self._before.add(self._downloads)
+            for owned in self._owned:
+                if os.path.lexists(owned):
+                    self._before.add(owned)
+                    self._before.update(_listing(owned, depth=_SNAPSHOT_DEPTH - 1))
+
+    def remove_new(self):
+        """Deletes what the attempt created; best effort, never raises."""
+        if not self._local:
+            return
+        if self._created_top is not None:
+            _remove(self._created_top)
+            return
+        for owned in self._owned:
+            self._remove_new_under(owned, _SNAPSHOT_DEPTH)
+        if self._downloads not in self._before:
+            try:
+                os.rmdir(self._downloads)  # only if empty: it may be shared by now
+            except OSError:
+                pass
+
+    def _remove_new_under(self, path, depth):
+        if not os.path.lexists(path):
+            return
+        if path not in self._before:
+            _remove(path)
+            return
+        if depth == 0 or os.path.islink(path) or not os.path.isdir(path):
+            return
+        for child in _listing(path, depth=0):
+            self._remove_new_under(child, depth - 1)
+
+
+def _listing(path, *, depth):
+    """Paths below `path`, down to `depth` further levels; empty if unreadable."""
+    try:
+        entries = list(os.scandir(path))
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        out.append(entry.path)
+        if depth > 0 and entry.is_dir(follow_symlinks=False):
+            out += _listing(entry.path, depth=depth - 1)
+    return out
+
+
+def _remove(path):
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass  # best effort: the original error is the one worth reporting
 
 
 def _load_digits():
@@ -294,7 +587,8 @@ def _load_npz(path):
                     f"{sorted(keys)} but needs x_train, y_train, x_test, y_test "
                     "(optional class_names).")
             arrays = {}
-            for key in ("x_train", "y_train", "x_test", "y_test", "class_names"):
+            for key in ("x_train", "y_train", "x_test", "y_test", "class_names",
+                        "num_classes"):
                 if key not in keys:
                     continue
                 try:
@@ -322,7 +616,24 @@ def _load_npz(path):
     y_train = _check_npz_labels(arrays["y_train"], "y_train", spec, len(x_train), "x_train")
     y_test = _check_npz_labels(arrays["y_test"], "y_test", spec, len(x_test), "x_test")
 
-    max_label = int(max(y_train.max(), y_test.max()))
+    num_classes, names = _npz_classes(arrays, spec, y_train, y_test)
+    return x_train, y_train, x_test, y_test, num_classes, names
+
+
+def _first_label_at_least(y, bound):
+    index = int(np.argmax(y >= bound))
+    return index, int(y[index])
+
+
+def _npz_classes(arrays, spec, y_train, y_test):
+    """The class count and names of an npz file, and a check of every label against it.
+
+    The count comes from `class_names` or `num_classes` when the file has them. Only
+    without either is it inferred from the labels, and then every class up to the
+    largest label must occur in y_train: one stray label (100000 among digits 0-9) would
+    otherwise make a 100001-class model that trains at chance, or exhausts the memory.
+    """
+    declared = None
     if "class_names" in arrays:
         names = arrays["class_names"]
         if names.ndim != 1 or names.dtype.kind not in "US" or len(names) == 0:
@@ -330,19 +641,50 @@ def _load_npz(path):
                 f"{spec}: class_names must be a non-empty 1-D string array, got dtype "
                 f"{names.dtype} and shape {names.shape}.")
         names = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names.tolist())
-        num_classes = len(names)
-        if max_label >= num_classes:
-            key = "y_train" if y_train.max() == max_label else "y_test"
-            raise DatasetError(
-                f"{spec}: {key} has label {max_label} but class_names has only "
-                f"{num_classes} entries; labels must be in [0, {num_classes}).")
-    else:
-        num_classes = max_label + 1
-        if num_classes < 2:
-            raise DatasetError(f"{spec}: y_train and y_test contain only label 0; "
-                               "need at least 2 classes (labels in [0, num_classes)).")
-        names = tuple(str(i) for i in range(num_classes))
-    return x_train, y_train, x_test, y_test, num_classes, names
+        declared = ("class_names", len(names))
+    if "num_classes" in arrays:
+        value = arrays["num_classes"]
+        if value.ndim != 0 or value.dtype.kind not in "iu" or int(value) < 2:
+            raise DatasetError(f"{spec}: num_classes must be an integer scalar >= 2 "
+                               "(np.savez(..., num_classes=10)), got "
+                               f"{value.tolist()!r} of dtype {value.dtype}.")
+        if declared and declared[1] != int(value):
+            raise DatasetError(f"{spec}: num_classes={int(value)} but class_names has "
+                               f"{declared[1]} entries; they must agree.")
+        declared = ("num_classes", int(value))
+    if declared:
+        source, num_classes = declared
+        for key, y in (("y_train", y_train), ("y_test", y_test)):
+            if y.max() >= num_classes:
+                index, label = _first_label_at_least(y, num_classes)
+                raise DatasetError(
+                    f"{spec}: {key}[{index}] = {label} is outside the {num_classes} "
+                    f"classes that {source} declares; labels must be in "
+                    f"[0, {num_classes}).")
+        if "class_names" not in arrays:
+            names = tuple(str(i) for i in range(num_classes))
+        return num_classes, names
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if num_classes < 2:
+        raise DatasetError(f"{spec}: y_train and y_test contain only label 0; need at "
+                           "least 2 classes (labels in [0, num_classes)).")
+    present = np.unique(y_train)   # sorted; never an array of num_classes entries
+    if len(present) != num_classes:
+        gaps = np.flatnonzero(present != np.arange(len(present)))
+        first_missing = int(gaps[0]) if len(gaps) else len(present)
+        missing = num_classes - len(present)
+        # The label that makes the inferred count implausible: the first one above the
+        # first class that never occurs in the training set.
+        key, y = (("y_train", y_train) if y_train.max() > first_missing
+                  else ("y_test", y_test))
+        index, label = _first_label_at_least(y, first_missing + 1)
+        shown = (f"class {first_missing} never occurs" if missing == 1 else
+                 f"{missing} classes, from {first_missing} on, never occur")
+        raise DatasetError(
+            f"{spec}: {key}[{index}] = {label} would make {num_classes} classes, but "
+            f"{shown} in y_train; fix the label, or declare the classes in the file "
+            "(class_names=np.array([...]) or num_classes=N).")
+    return num_classes, tuple(str(i) for i in range(num_classes))
 
 
 def _check_npz_images(x, key, spec):

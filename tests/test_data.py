@@ -112,7 +112,8 @@ def test_tfds_missing_dataset_offline_is_clear_error(tmp_path, no_network):
     assert "'cifar10'" in message
     assert str(tmp_path) in message
     assert "--data_dir=DIR" in message
-    assert "tfds.load('cifar10', data_dir='DIR')" in message
+    assert "tfds.builder('cifar10', data_dir='DIR').download_and_prepare()" in message
+    assert "www.cs.toronto.edu" in message  # the host that could not be reached
     assert "--dataset=npz:PATH" in message
 
 
