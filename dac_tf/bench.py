@@ -7,11 +7,16 @@ r"""Throughput benchmark of the DAC training step and of PGD-20 evaluation.
     python -m dac_tf.bench --arch=small_cnn --method=at --batch_size=32 --steps=3 \
         --runs=5 --modes=fp32
 
-Every row is one configuration (architecture, method, with or without DAC, batch size,
-precision/compilation mode, input pipeline). A row times the compiled Keras train
-function of `DACModel` (`model.make_train_function()`, the function `fit` calls per
-batch, without `fit`'s callbacks and progress bar): `--warmup` steps first (tracing,
-XLA compilation, cuDNN autotuning), then `--runs` timed runs of `--steps` steps each.
+    # The cost of the reference's BatchNorm-only forwards (DACModel reference_bn_updates):
+    python -m dac_tf.bench --arch=small_cnn --method=at,trades --batch_size=32 --steps=3 \
+        --runs=5 --modes=fp32 --reference_bn_updates=both
+
+Every row is one configuration (architecture, method, with or without DAC, with or
+without `reference_bn_updates`, batch size, precision/compilation mode, input pipeline).
+A row times the compiled Keras train function of `DACModel`
+(`model.make_train_function()`, the function `fit` calls per batch, without `fit`'s
+callbacks and progress bar): `--warmup` steps first (tracing, XLA compilation, cuDNN
+autotuning), then `--runs` timed runs of `--steps` steps each.
 A run ends by fetching the last step's loss to the host, which waits for the device, so
 the time covers all the device work of its steps; inside a run the benchmark itself
 never waits for the device. The row reports the median run.
@@ -30,8 +35,9 @@ A configuration that fails (XLA not compiling, out of memory, ...) is recorded w
 all the others, so an XLA failure that leaves the device unusable costs no other row.
 `--time_budget_s` marks the rows it has no time left for as skipped. The JSON
 (`--output`) is rewritten after every row, so a run cut short keeps what it measured.
-The table is printed last, with the DAC/no-DAC cost ratio per configuration and the
-arithmetic floor from `forward_flops` (computed from the layers, at an assumed
+The table is printed last, with the DAC/no-DAC cost ratio per configuration, the
+`reference_bn_updates` cost ratio (with / without, from `--reference_bn_updates=both`) and
+the arithmetic floor from `forward_flops` (computed from the layers, at an assumed
 `--peak_tflops`: an assumption, not a measurement).
 
 Peak memory: on a GPU, `tf.config.experimental.get_memory_info("GPU:0")["peak"]`, reset
@@ -67,6 +73,9 @@ FORMAT = "dac_tf.bench/1"
 MODES = ("fp32", "bf16", "xla", "bf16_xla")
 PIPELINES = ("synthetic", "tfds_like")
 USE_DAC = ("both", "on", "off")
+# Same vocabulary as --use_dac: time DACModel(reference_bn_updates=...) on, off or both.
+REFERENCE_BN_UPDATES = ("both", "on", "off")
+_ON_OFF = {"both": (False, True), "on": (True,), "off": (False,)}
 ARCHITECTURES = ("preact_resnet18", "wide_resnet34_10", "small_cnn")
 # An assumed sustained dense matmul rate for an H100 in bf16, in TFLOP/s: below the
 # datasheet peak (989 dense bf16 on SXM, 756 on PCIe) because convolutions of CIFAR
@@ -78,8 +87,9 @@ EVAL_STEP_SIZE = 2 / 255
 # The input row reads at least this many batches per run, so that batches prefetched
 # between runs are a small part of what it counts.
 _MIN_INPUT_BATCHES = 50
-REQUIRED_KEYS = ("arch", "method", "use_dac", "batch_size", "mode", "img_per_s", "device",
-                 "peak_memory_mb", "step_ms_median", "steps", "runs", "tf_version")
+REQUIRED_KEYS = ("arch", "method", "use_dac", "reference_bn_updates", "batch_size", "mode",
+                 "img_per_s", "device", "peak_memory_mb", "step_ms_median", "steps", "runs",
+                 "tf_version")
 
 
 class BenchError(ValueError):
@@ -144,7 +154,8 @@ def forward_flops(model):
     return total
 
 
-def step_flops(forward, method="at", use_dac=True, num_steps=10, kind="train"):
+def step_flops(forward, method="at", use_dac=True, num_steps=10, kind="train",
+               reference_bn_updates=False):
     """Arithmetic of one step per image, in multiples of the forward FLOPs.
 
     Convention: a forward+backward pass costs 3x the forward (the backward computes
@@ -159,6 +170,11 @@ def step_flops(forward, method="at", use_dac=True, num_steps=10, kind="train"):
       use_dac: add the AC update and the second attack.
       num_steps: attack steps.
       kind: "train" or "eval" (a PGD-`num_steps` attack plus one forward).
+      reference_bn_updates: add the forwards (no backward) that
+        `DACModel(reference_bn_updates=True)` makes for the BatchNorm statistics only,
+        with the method's default attack: AT one after each attack and one clean forward
+        after the update; TRADES three before the AC update (with DAC) and one in the
+        robust step; MART none.
 
     Returns:
       float: FLOPs per image. For DAC-AT: 2 x num_steps x 3F + 2 x 3F.
@@ -168,9 +184,20 @@ def step_flops(forward, method="at", use_dac=True, num_steps=10, kind="train"):
         return num_steps * fwd_bwd + forward
     attack = num_steps * fwd_bwd + (forward if method == "trades" else 0.0)
     robust_update = fwd_bwd * (1 if method == "at" else 2)
+    extra = _reference_bn_forwards(method, use_dac) * forward if reference_bn_updates else 0.0
     if not use_dac:
-        return attack + robust_update
-    return 2 * attack + fwd_bwd + robust_update
+        return attack + robust_update + extra
+    return 2 * attack + fwd_bwd + robust_update + extra
+
+
+def _reference_bn_forwards(method, use_dac):
+    """Stats-only forwards per step of DACModel(reference_bn_updates=True) (see step_flops)."""
+    attacks_per_step = 2 if use_dac else 1
+    if method == "at":
+        return attacks_per_step + 1
+    if method == "trades":
+        return (3 if use_dac else 0) + 1
+    return 0
 
 
 # --------------------------------------------------------------------- config
@@ -181,6 +208,8 @@ class BenchConfig:
     Attributes:
       archs, methods, batch_sizes, modes, pipelines: the grid of rows (tuples).
       use_dac: "both", "on" or "off".
+      reference_bn_updates: "both", "on" or "off": train rows with
+        `DACModel(reference_bn_updates=...)` True, False or both (to read its cost).
       steps, runs, warmup: steps per timed run, timed runs (median reported), untimed
         steps first.
       include_eval, include_train: add PGD evaluation rows; time training rows.
@@ -199,6 +228,7 @@ class BenchConfig:
     archs: tuple = ("preact_resnet18", "wide_resnet34_10")
     methods: tuple = ("at", "trades", "mart")
     use_dac: str = "both"
+    reference_bn_updates: str = "off"
     batch_sizes: tuple = (128, 512)
     steps: int = 10
     runs: int = 5
@@ -234,6 +264,9 @@ class BenchConfig:
         check_subset("pipeline", self.pipelines, PIPELINES)
         if self.use_dac not in USE_DAC:
             raise BenchError(f"--use_dac={self.use_dac!r} not valid; use {', '.join(USE_DAC)}.")
+        if self.reference_bn_updates not in REFERENCE_BN_UPDATES:
+            raise BenchError(f"--reference_bn_updates={self.reference_bn_updates!r} not valid; "
+                             f"use {', '.join(REFERENCE_BN_UPDATES)}.")
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
             raise BenchError(f"--batch_size must be positive integers, got {self.batch_sizes}.")
         for name in ("steps", "runs", "warmup", "steps_per_execution", "profile_steps",
@@ -330,7 +363,8 @@ def make_train_runner(spec, config):
     keras.utils.set_random_seed(config.seed)
     base = _build_base(spec["arch"], spec["method"], config)
     model = DACModel(base, method=spec["method"], use_dac=spec["use_dac"],
-                     num_steps=config.num_steps, seed=config.seed)
+                     num_steps=config.num_steps, seed=config.seed,
+                     reference_bn_updates=spec["reference_bn_updates"])
     xla = spec["mode"].endswith("xla")
     # A small learning rate keeps random-label training finite for many steps; the
     # arithmetic does not depend on it.
@@ -467,27 +501,30 @@ def _time_row(spec, config, device_kind, profile_path=None):
 # -------------------------------------------------------------------- planning
 def plan_rows(config):
     """The row specs of a run, in order (dicts with kind, arch, method, use_dac, ...)."""
-    dac_values = {"both": (False, True), "on": (True,), "off": (False,)}[config.use_dac]
+    dac_values = _ON_OFF[config.use_dac]
+    ref_bn_values = _ON_OFF[config.reference_bn_updates]
     specs = []
     for arch in config.archs:
         for batch in config.batch_sizes:
             if "tfds_like" in config.pipelines:
                 specs.append(dict(kind="input", arch="-", method=config.methods[0],
-                                  use_dac=None, batch_size=batch, mode="-",
-                                  pipeline="tfds_like"))
+                                  use_dac=None, reference_bn_updates=None,
+                                  batch_size=batch, mode="-", pipeline="tfds_like"))
             for mode in config.modes:
                 if config.include_train:
                     for method in config.methods:
                         for use_dac in dac_values:
-                            for pipeline in config.pipelines:
-                                specs.append(dict(kind="train", arch=arch, method=method,
-                                                  use_dac=use_dac, batch_size=batch,
-                                                  mode=mode, pipeline=pipeline))
+                            for ref_bn in ref_bn_values:
+                                for pipeline in config.pipelines:
+                                    specs.append(dict(
+                                        kind="train", arch=arch, method=method,
+                                        use_dac=use_dac, reference_bn_updates=ref_bn,
+                                        batch_size=batch, mode=mode, pipeline=pipeline))
                 if config.include_eval:
                     specs.append(dict(kind="eval", arch=arch,
                                       method=f"pgd{config.eval_pgd_steps}_eval",
-                                      use_dac=None, batch_size=batch, mode=mode,
-                                      pipeline="synthetic"))
+                                      use_dac=None, reference_bn_updates=None,
+                                      batch_size=batch, mode=mode, pipeline="synthetic"))
     # The input pipeline does not depend on the architecture: time it once per batch.
     seen, unique = set(), []
     for spec in specs:
@@ -503,6 +540,7 @@ def plan_rows(config):
 
 def _row_id(spec):
     dac = {None: "", True: "_dac", False: ""}[spec["use_dac"]]
+    dac += "_refbn" if spec.get("reference_bn_updates") else ""
     return (f"{spec['kind']}_{spec['arch']}_{spec['method']}{dac}_b{spec['batch_size']}_"
             f"{spec['mode']}_{spec['pipeline']}").replace("-", "x")
 
@@ -514,7 +552,8 @@ def _flop_fields(spec, config, forward_by_arch):
     if spec["kind"] == "eval":
         flops = step_flops(forward, num_steps=config.eval_pgd_steps, kind="eval")
     else:
-        flops = step_flops(forward, spec["method"], spec["use_dac"], config.num_steps)
+        flops = step_flops(forward, spec["method"], spec["use_dac"], config.num_steps,
+                           reference_bn_updates=spec["reference_bn_updates"])
     return {"gflop_per_image": flops / 1e9,
             "floor_img_per_s": config.peak_tflops * 1e12 / flops}
 
@@ -533,12 +572,14 @@ def arch_forward_flops(arch, num_classes=10):
 
 
 def add_ratios(rows):
-    """Adds `dac_cost_ratio` (step time with DAC / without) to the DAC train rows and
+    """Adds `dac_cost_ratio` (step time with DAC / without) to the DAC train rows,
+    `ref_bn_cost_ratio` (with `reference_bn_updates` / without) to the rows with it, and
     `input_slowdown` (step time tfds_like / synthetic) to the tfds_like train rows."""
     def key(row, **override):
         fields = dict(row, **override)
-        return tuple(fields[k] for k in ("kind", "arch", "method", "use_dac", "batch_size",
-                                          "mode", "pipeline"))
+        return tuple(fields.get(k) for k in ("kind", "arch", "method", "use_dac",
+                                              "reference_bn_updates", "batch_size", "mode",
+                                              "pipeline"))
 
     by_key = {key(r): r for r in rows}
     for row in rows:
@@ -547,6 +588,9 @@ def add_ratios(rows):
         if row["use_dac"]:
             base = by_key.get(key(row, use_dac=False))
             row["dac_cost_ratio"] = _ratio(row, base)
+        if row.get("reference_bn_updates"):
+            base = by_key.get(key(row, reference_bn_updates=False))
+            row["ref_bn_cost_ratio"] = _ratio(row, base)
         if row["pipeline"] == "tfds_like":
             base = by_key.get(key(row, pipeline="synthetic"))
             row["input_slowdown"] = _ratio(row, base)
@@ -566,20 +610,21 @@ def _fmt(value, spec="{:,.0f}"):
 
 def format_table(rows, peak_tflops=DEFAULT_PEAK_TFLOPS):
     """A markdown table of the rows (one line per row)."""
-    header = ["arch", "kind", "method", "DAC", "batch", "mode", "pipeline", "img/s",
-              "step ms", "DAC cost", "peak MB", "GFLOP/img", f"floor img/s @{peak_tflops:g}TF",
-              "% floor", "vs synthetic", "error"]
+    header = ["arch", "kind", "method", "DAC", "ref BN", "batch", "mode", "pipeline", "img/s",
+              "step ms", "DAC cost", "ref BN cost", "peak MB", "GFLOP/img",
+              f"floor img/s @{peak_tflops:g}TF", "% floor", "vs synthetic", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         pct = None
         if r.get("img_per_s") and r.get("floor_img_per_s"):
             pct = 100.0 * r["img_per_s"] / r["floor_img_per_s"]
-        ratio = r.get("dac_cost_ratio")
-        cells = [r["arch"], r["kind"], r["method"],
-                 {None: "-", True: "on", False: "off"}[r["use_dac"]], str(r["batch_size"]),
+        on_off = {None: "-", True: "on", False: "off"}
+        cells = [r["arch"], r["kind"], r["method"], on_off[r["use_dac"]],
+                 on_off[r.get("reference_bn_updates")], str(r["batch_size"]),
                  r["mode"], r["pipeline"], _fmt(r.get("img_per_s"), "{:,.1f}"),
                  _fmt(r.get("step_ms_median"), "{:,.1f}"),
-                 _fmt(ratio, "{:.2f}x"), _fmt(r.get("peak_memory_mb")),
+                 _fmt(r.get("dac_cost_ratio"), "{:.2f}x"),
+                 _fmt(r.get("ref_bn_cost_ratio"), "{:.2f}x"), _fmt(r.get("peak_memory_mb")),
                  _fmt(r.get("gflop_per_image"), "{:.1f}"),
                  _fmt(r.get("floor_img_per_s")), _fmt(pct, "{:.1f}%"),
                  _fmt(r.get("input_slowdown"), "{:.2f}x"),
@@ -687,6 +732,9 @@ def define_flags():
                       f"Architectures: {', '.join(ARCHITECTURES)}.")
     flags.DEFINE_list("method", list(objectives.METHODS), "Methods: at, trades, mart.")
     flags.DEFINE_enum("use_dac", "both", USE_DAC, "Time with DAC, without, or both.")
+    flags.DEFINE_enum("reference_bn_updates", "off", REFERENCE_BN_UPDATES,
+                      "Time DACModel(reference_bn_updates=True) (the reference's extra "
+                      "BatchNorm-only forwards), False, or both (adds a cost ratio).")
     flags.DEFINE_list("batch_size", ["128", "512"], "Batch sizes.")
     flags.DEFINE_integer("steps", 10, "Steps per timed run.")
     flags.DEFINE_integer("runs", 5, "Timed runs per row; the median is reported.")
@@ -721,6 +769,7 @@ def config_from_flags(values):
         raise BenchError(f"--batch_size must be integers, got {values.batch_size}") from err
     return BenchConfig(
         archs=tuple(values.arch), methods=tuple(values.method), use_dac=values.use_dac,
+        reference_bn_updates=values.reference_bn_updates,
         batch_sizes=batch_sizes, steps=values.steps, runs=values.runs,
         warmup=values.warmup, modes=tuple(values.modes), include_eval=values.include_eval,
         include_train=values.include_train, eval_pgd_steps=values.eval_pgd_steps,

@@ -1,17 +1,22 @@
 """`DACModel`: wraps any Keras classifier and trains it with DAC + AT / TRADES / MART.
 
-Per batch (REFERENCE.md, "The DAC update"):
+Per batch (the paper's DAC update, as the authors' reference code TrustMLRG/AdvCertainty
+runs it):
   A. attack at theta_t with the method's own attack; loss = ac_step * AC(logits(x_adv));
      one optimizer update (theta_{t+1/2});
   B. a fresh attack at theta_{t+1/2}; the method's robust loss; one optimizer update.
 Both updates use the same optimizer (same momentum slots) and PyTorch-style coupled L2
 weight decay on every trainable weight. `use_dac=False` skips phase A: the plain method
-through the same code path.
+through the same code path. `reference_bn_updates=True` adds the reference code's
+train-mode forwards whose only lasting effect is on the BatchNorm moving statistics.
 
 The wrapper owns no variables: saving, exporting and `predict` go through the base model.
 """
 
+import math
+
 import keras
+import numpy as np
 import tensorflow as tf
 
 from dac_tf import attacks
@@ -23,6 +28,139 @@ from dac_tf import schedules
 def _num_replicas():
     context = tf.distribute.get_replica_context()
     return context.num_replicas_in_sync if context is not None else 1
+
+
+def check_base_model(model):
+    """Refuses base models DAC cannot train correctly, with what to change.
+
+    Checked where Keras knows the model's outputs (functional and Sequential models,
+    built subclassed ones have no symbolic outputs and are checked at the first batch
+    by `_unpack`'s shape checks):
+    - one output tensor of logits [batch, classes];
+    - at least 2 classes: AC is a spread over the classes, NaN or 0 for one logit;
+    - no softmax at the end: AC of probabilities is nearly 0 and the losses would apply a
+      second softmax, so training is silently poor (val accuracy 0.76 vs 0.92 with
+      logits on the digits).
+
+    Raises:
+      ValueError: naming the problem.
+    """
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"base_model must be a keras.Model, got {type(model).__name__}.")
+    outputs = getattr(model, "outputs", None)
+    try:
+        outputs = list(outputs) if outputs is not None else None
+    except TypeError:
+        outputs = None
+    if outputs is None:
+        return
+    if len(outputs) != 1:
+        raise ValueError(f"base_model {model.name!r} has {len(outputs)} outputs; DACModel "
+                         "needs one logits output [batch, classes] (wrap the model so it "
+                         "returns the classifier's logits only).")
+    shape = tuple(outputs[0].shape)
+    if len(shape) != 2:
+        raise ValueError(f"base_model {model.name!r} returns shape {shape}; DACModel needs "
+                         "logits of shape [batch, classes].")
+    if shape[-1] is not None and shape[-1] < 2:
+        raise ValueError(f"base_model {model.name!r} returns {shape[-1]} logit; DAC needs "
+                         ">= 2 classes (adversarial certainty is the spread of the logits "
+                         "over the classes). For a binary task return 2 logits.")
+    last = model.layers[-1] if getattr(model, "layers", None) else None
+    activation = getattr(last, "activation", None)
+    name = getattr(activation, "__name__", "")
+    if isinstance(last, keras.layers.Softmax) or name in ("softmax", "log_softmax", "sigmoid"):
+        raise ValueError(
+            f"base_model {model.name!r} ends in {name or 'a Softmax layer'}; DACModel "
+            "needs logits (attacks, losses and adversarial certainty are defined on "
+            "logits). Remove the final activation (e.g. Dense(classes) instead of "
+            "Dense(classes, activation='softmax')).")
+
+
+def _replica_context():
+    """The replica context when several replicas run this step, else None."""
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return None
+    return context
+
+
+def global_batch_mean(per_example, weights=None):
+    """This replica's share of the global batch mean of `per_example`.
+
+    The local (weighted) sum divided by the number of examples over all replicas: summed
+    over replicas, as gradients are, it is the mean over the global batch however the
+    batch was split, an uneven split or a replica with no real example (which adds 0)
+    included. Dividing each replica's own mean by the replica count would weight uneven
+    splits wrongly and turn an empty replica batch into NaN.
+
+    Args:
+      per_example: float tensor [local batch].
+      weights: None, or 1 for real examples and 0 for padding (`pad_empty_replica`).
+
+    Returns:
+      float32 scalar.
+    """
+    per_example = tf.cast(per_example, tf.float32)
+    if weights is None:
+        total = tf.reduce_sum(per_example)
+        count = tf.cast(tf.shape(per_example)[0], tf.float32)
+    else:
+        total = tf.reduce_sum(per_example * weights)
+        count = tf.reduce_sum(weights)
+    context = _replica_context()
+    if context is not None:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return total / tf.maximum(count, 1.0)
+
+
+def global_results(metrics):
+    """{name: result} of `metrics` over every replica's examples.
+
+    Inside a replica, `metric.result()` reads the replica's own totals, and Keras
+    averages the logs of the replicas, which weights an uneven split wrongly (53/52) and
+    a padded replica as much as a full one. The metrics' variables are summed over the
+    replicas first (one all-reduce), so every replica returns the global value.
+    """
+    context = _replica_context()
+    if context is None:
+        return {m.name: m.result() for m in metrics}
+    variables = [v for m in metrics for v in m.variables]
+    flat = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.concat(
+        [tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], 0))
+    results, offset = {}, 0
+    for metric in metrics:
+        summed = []
+        for v in metric.variables:
+            size = int(np.prod(v.shape))
+            summed.append(tf.cast(tf.reshape(flat[offset:offset + size], v.shape), v.dtype))
+            offset += size
+        results[metric.name] = metric.stateless_result(summed)
+    return results
+
+
+def pad_empty_replica(images, labels):
+    """Gives a replica with an empty share of the batch one zero-weight example.
+
+    With several replicas, a last batch smaller than the replica count leaves some
+    replicas without examples. TensorFlow's gradients of zero-size batches fail
+    (ReluGrad "must have the same size and shape" in TF 2.21) and BatchNorm's batch
+    statistics of nothing are NaN, so such a replica trains on one black image of class
+    0 with weight 0: every loss and metric is weighted, so it changes nothing (its
+    BatchNorm statistics are replaced by replica 0's, `_sync_replica_statistics`).
+
+    Returns:
+      (images, labels, weights): weights None on a single replica (nothing padded).
+    """
+    if _replica_context() is None:
+        return images, labels, None
+    count = tf.shape(images)[0]
+    pad = tf.maximum(1 - count, 0)
+    images = tf.concat([images, tf.zeros(tf.concat([[pad], tf.shape(images)[1:]], 0),
+                                         images.dtype)], 0)
+    labels = tf.concat([labels, tf.zeros([pad], labels.dtype)], 0)
+    weights = tf.concat([tf.ones([count]), tf.zeros([pad])], 0)
+    return images, labels, weights
 
 
 def _replica_id():
@@ -65,12 +203,24 @@ class DACModel(keras.Model):
         optimizer `weight_decay` is decoupled and a different regulariser.
       seed: integer seed of the attacks' stateless random starts. The per-batch seed is
         derived from it and `optimizer.iterations`, so resumed runs draw the same noise.
+      reference_bn_updates: also make the train-mode forwards of the reference code that
+        feed no update, only the BatchNorm moving statistics used at test time, in the
+        reference's order. AT: after each attack, the forward on its result that the
+        reference uses to pick among restarts (when `attack_training`), and a clean
+        forward after the robust update, whose accuracy is logged as `clean_accuracy`.
+        TRADES: the natural, adversarial, natural forwards of the `trades_loss` the
+        reference calls and discards before the AC update, and the first natural forward
+        of the robust `trades_loss`. MART: none. Train-mode forwards normalise with the
+        batch's own statistics, so AT's updates are unchanged; TRADES' attack runs in
+        inference mode and reads the moving statistics, so its later attacks (from the
+        same batch's robust step on, with DAC) change too. False (default): only the
+        forwards the updates need.
     """
 
     def __init__(self, base_model, method="at", *, use_dac=True, ac_step=None,
                  ac_measure="std", epsilon=None, step_size=None, num_steps=None,
                  norm="linf", beta=None, random_start=True, attack_training=None,
-                 weight_decay=None, seed=0, **kwargs):
+                 weight_decay=None, seed=0, reference_bn_updates=False, **kwargs):
         super().__init__(**kwargs)
         objectives.validate_method(method)
         certainty.validate_measure(ac_measure)
@@ -97,11 +247,14 @@ class DACModel(keras.Model):
             ref.attack_training if attack_training is None else attack_training)
         self.weight_decay = float(ref.weight_decay if weight_decay is None else weight_decay)
         self.seed = int(seed)
+        self.reference_bn_updates = bool(reference_bn_updates)
         for name, value in (("epsilon", self.epsilon), ("step_size", self.step_size),
                             ("num_steps", self.num_steps), ("weight_decay", self.weight_decay),
-                            ("ac_step", self.ac_step)):
-            if value < 0:
-                raise ValueError(f"{name}={value} is not valid; it must be >= 0.")
+                            ("ac_step", self.ac_step), ("beta", self.beta)):
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ValueError(f"{name}={value} is not valid; it must be a finite number "
+                                 ">= 0.")
+        check_base_model(base_model)
         self._attack_start = ref.attack_start if self.random_start else "none"
         self._attack_loss = ref.attack_loss
 
@@ -110,6 +263,10 @@ class DACModel(keras.Model):
         self.adv_certainty = keras.metrics.Mean(name="adv_certainty")
         self.ac_loss_tracker = keras.metrics.Mean(name="ac_loss")
         self.clean_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        # Training-time clean accuracy (AT with reference_bn_updates): a tracker of its own,
+        # so evaluate's "accuracy" and this log key never share a state.
+        self.train_clean_accuracy = keras.metrics.SparseCategoricalAccuracy(
+            name="clean_accuracy")
         if getattr(base_model, "built", False):
             self.built = True
 
@@ -120,7 +277,7 @@ class DACModel(keras.Model):
     @property
     def metrics(self):
         return [self.loss_tracker, self.adv_accuracy, self.adv_certainty,
-                self.ac_loss_tracker, self.clean_accuracy]
+                self.ac_loss_tracker, self.clean_accuracy, self.train_clean_accuracy]
 
     def call(self, inputs, training=None):
         return self.base_model(inputs, training=training)
@@ -172,8 +329,17 @@ class DACModel(keras.Model):
         if self.method == "at":
             adv_logits = self._logits(adv_images, True)
             return objectives.at_loss(adv_logits, labels), adv_logits
-        natural_logits = self._logits(images, True)
-        adv_logits = self._logits(adv_images, True)
+        if self.method == "trades" and self.reference_bn_updates:
+            # trades.py `trades_loss` takes the KL target softmax(model(x_natural)) from a
+            # second natural forward, after the adversarial one; keep that order of BN
+            # updates. Its first natural forward (the CE's) is the same function of the
+            # batch in train mode, so it runs outside the tape, for its statistics only
+            # (`_bn_passes_before_robust_update`), and this one feeds both terms.
+            adv_logits = self._logits(adv_images, True)
+            natural_logits = self._logits(images, True)
+        else:
+            natural_logits = self._logits(images, True)
+            adv_logits = self._logits(adv_images, True)
         if self.method == "trades":
             return objectives.trades_loss(natural_logits, adv_logits, labels, self.beta), adv_logits
         return objectives.mart_loss(natural_logits, adv_logits, labels, self.beta), adv_logits
@@ -186,32 +352,118 @@ class DACModel(keras.Model):
         return 0.5 * self.weight_decay * tf.add_n(
             [tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
 
-    def ac_update(self, adv_images):
+    def ac_update(self, adv_images, weights=None):
         """Phase A's update: one optimizer step on ac_step * AC(logits(adv_images)).
 
         Args:
           adv_images: adversarial examples (already generated; no gradient flows to them).
+          weights: None, or per-example weights (`pad_empty_replica`).
 
         Returns:
-          The AC loss (ac_step * AC) before the update, float32 scalar.
+          The AC loss of each example (ac_step * its AC) before the update, float32
+          [local batch]; their global batch mean is what the update descends.
         """
         variables = self.base_model.trainable_variables
         with tf.GradientTape() as tape:
-            ac = certainty.adversarial_certainty(self._logits(adv_images, True), self.ac_measure)
-            ac_loss = self.ac_step * ac
-            scaled = self._scaled(ac_loss, variables)
+            per_example = self.ac_step * certainty.per_example_certainty(
+                self._logits(adv_images, True), self.ac_measure)
+            scaled = self._scaled(global_batch_mean(per_example, weights), variables)
         self._update(scaled, tape, variables)
-        return ac_loss
+        return per_example
 
     def _update(self, loss, tape, variables):
         grads = tape.gradient(loss, variables)
         self.optimizer.apply(grads, variables)
 
-    def _scaled(self, mean_loss, variables):
-        """Mean loss + L2, divided by the replica count (gradients are summed over replicas)."""
-        total = mean_loss + self._l2_penalty(variables)
-        total = total / tf.cast(_num_replicas(), tf.float32)
+    def _scaled(self, loss_share, variables):
+        """This replica's share of loss + L2 (gradients are summed over replicas).
+
+        Args:
+          loss_share: `global_batch_mean` of the per-example loss.
+          variables: the weights the L2 penalty covers.
+        """
+        total = loss_share + self._l2_penalty(variables) / tf.cast(_num_replicas(), tf.float32)
         return self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") else total
+
+    def _sync_replica_statistics(self):
+        """Gives every replica replica 0's non-trainable float state (BatchNorm moving
+        statistics).
+
+        Under MirroredStrategy, Keras BatchNorm updates each replica's copy of its moving
+        statistics with that replica's batch only, and the copies drift apart; a
+        checkpoint saves replica 0's. The reference's `nn.DataParallel` keeps device 0's
+        statistics and broadcasts them to every device at each forward. Syncing from
+        replica 0 gives the same statistics, makes every inference-mode forward
+        (TRADES/MART attacks, evaluation) use the statistics a checkpoint saves, and
+        replaces the NaN statistics of a replica whose share of a tiny last batch was
+        empty (replica 0 always has examples: remainders go to the first replicas).
+        """
+        context = _replica_context()
+        if context is None:
+            return
+        variables = [v for v in self.base_model.non_trainable_variables
+                     if tf.as_dtype(v.dtype).is_floating]
+        if not variables:
+            return
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], 0)
+        first = tf.equal(context.replica_id_in_sync_group, 0)
+        # tf.where, not a product: another replica's NaN times 0 would still be NaN.
+        flat = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  tf.where(first, flat, tf.zeros_like(flat)))
+        offset = 0
+        for v in variables:
+            size = int(np.prod(v.shape))
+            v.assign(tf.cast(tf.reshape(flat[offset:offset + size], v.shape), v.dtype))
+            offset += size
+
+    # ---------------------------------------- reference BatchNorm-only passes
+    # Every train-mode forward moves the BatchNorm moving statistics (momentum 0.1 in
+    # PyTorch), so the forwards the reference makes without using their result still
+    # shape the statistics used at test time. With `reference_bn_updates` these helpers
+    # replay them, per method and in the reference's order, outside any gradient tape.
+    # The reference is TrustMLRG/AdvCertainty: dac_at_cifar10.py, dac_trades_cifar10.py
+    # with trades.py, dac_mart_cifar10.py with mart.py.
+    def _bn_pass(self, images):
+        """A train-mode forward kept only for its BN updates (and, for AT, its logits)."""
+        return tf.stop_gradient(self._logits(images, True))
+
+    def _bn_pass_after_attack(self, adv_images):
+        # dac_at_cifar10.py `attack_pgd` ends each restart with
+        # `all_loss = F.cross_entropy(model(normalize(X + delta)), y, reduction='none')`
+        # on the final point, in the attack's BN mode (train mode in the reference).
+        if self.method == "at" and self.attack_training:
+            self._bn_pass(adv_images)
+
+    def _bn_passes_before_ac_update(self, images, adv_images):
+        """The reference's stats-only forwards between phase A's attack and its update."""
+        if not self.reference_bn_updates:
+            return
+        self._bn_pass_after_attack(adv_images)
+        if self.method == "trades":
+            # dac_trades_cifar10.py gets the AC step's x_adv from trades.py `trades_loss`
+            # and discards its loss, but its train-mode forwards run: `model(x_natural)`,
+            # then, inside the KL term (arguments evaluated left to right), `model(x_adv)`
+            # and `model(x_natural)`.
+            for inputs in (images, adv_images, images):
+                self._bn_pass(inputs)
+
+    def _bn_passes_before_robust_update(self, images, adv_images):
+        """The reference's stats-only forwards between phase B's attack and its update."""
+        if not self.reference_bn_updates:
+            return
+        self._bn_pass_after_attack(adv_images)
+        if self.method == "trades":
+            # trades.py `trades_loss`: `logits = model(x_natural)` comes first; see
+            # `robust_loss` for why it only needs to move the statistics.
+            self._bn_pass(images)
+
+    def _bn_pass_after_robust_update(self, images):
+        """AT: the reference's clean forward after the update; its logits, else None."""
+        if self.reference_bn_updates and self.method == "at":
+            # dac_at_cifar10.py's train loop: `output = model(normalize(X))` after
+            # `opt.step()`, in train mode; it feeds the logged Train Acc.
+            return self._bn_pass(images)
+        return None
 
     # ------------------------------------------------------------------- steps
     def _unpack(self, data):
@@ -220,6 +472,15 @@ class DACModel(keras.Model):
             raise ValueError("DACModel does not support sample weights.")
         if labels is None:
             raise ValueError("DACModel needs (images, labels) batches; got images only.")
+        for what, value in (("images", images), ("labels", labels)):
+            if isinstance(value, (dict, list, tuple)):
+                raise ValueError(f"DACModel takes {what} as one tensor; got a "
+                                 f"{type(value).__name__} (the attacks perturb a single "
+                                 "image tensor: pass (images, labels) batches).")
+            if isinstance(value, (tf.RaggedTensor, tf.SparseTensor)):
+                raise ValueError(f"DACModel takes dense {what}; got a "
+                                 f"{type(value).__name__} (images of one size: resize or "
+                                 "pad them, then .to_tensor()).")
         images = tf.convert_to_tensor(images)
         labels = tf.convert_to_tensor(labels)
         if not images.dtype.is_floating:
@@ -258,30 +519,44 @@ class DACModel(keras.Model):
             return None   # a subclassed model without symbolic outputs
 
     def train_step(self, data):
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError("DACModel.train_step needs an optimizer: call "
+                             "model.compile(optimizer=dac_tf.optimizers.TorchSGD(...)) "
+                             "first.")
         images, labels = self._unpack(data)
+        images, labels, weights = pad_empty_replica(images, labels)
         variables = self.base_model.trainable_variables
 
         if self.use_dac:
-            ac_loss = self.ac_update(self.generate_adversarial(images, labels))
-            self.ac_loss_tracker.update_state(ac_loss)
+            adv_images = self.generate_adversarial(images, labels)
+            self._bn_passes_before_ac_update(images, adv_images)
+            ac_losses = self.ac_update(adv_images, weights)
+            self.ac_loss_tracker.update_state(ac_losses, sample_weight=weights)
+            if not self.attack_training:   # the next attack reads the moving statistics
+                self._sync_replica_statistics()
 
         adv_images = self.generate_adversarial(images, labels)
+        self._bn_passes_before_robust_update(images, adv_images)
         with tf.GradientTape() as tape:
             per_example, adv_logits = self.robust_loss(images, adv_images, labels)
-            loss = tf.reduce_mean(per_example)
-            scaled = self._scaled(loss, variables)
+            scaled = self._scaled(global_batch_mean(per_example, weights), variables)
         self._update(scaled, tape, variables)
+        clean_logits = self._bn_pass_after_robust_update(images)
+        self._sync_replica_statistics()
 
-        self.loss_tracker.update_state(loss)
-        self.adv_accuracy.update_state(labels, adv_logits)
+        # Per example, so an epoch's mean weights every example once whatever the split.
+        self.loss_tracker.update_state(per_example, sample_weight=weights)
+        self.adv_accuracy.update_state(labels, adv_logits, sample_weight=weights)
         self.adv_certainty.update_state(
-            certainty.per_example_certainty(adv_logits, self.ac_measure))
-        logs = {"loss": self.loss_tracker.result(),
-                "adv_accuracy": self.adv_accuracy.result(),
-                "adv_certainty": self.adv_certainty.result()}
+            certainty.per_example_certainty(adv_logits, self.ac_measure),
+            sample_weight=weights)
+        trackers = [self.loss_tracker, self.adv_accuracy, self.adv_certainty]
         if self.use_dac:
-            logs["ac_loss"] = self.ac_loss_tracker.result()
-        return logs
+            trackers.append(self.ac_loss_tracker)
+        if clean_logits is not None:
+            self.train_clean_accuracy.update_state(labels, clean_logits, sample_weight=weights)
+            trackers.append(self.train_clean_accuracy)
+        return global_results(trackers)
 
     def test_step(self, data):
         images, labels = self._unpack(data)
@@ -300,7 +575,8 @@ class DACModel(keras.Model):
             "step_size": self.step_size, "num_steps": self.num_steps, "norm": self.norm,
             "beta": self.beta, "random_start": self.random_start,
             "attack_training": self.attack_training, "weight_decay": self.weight_decay,
-            "seed": self.seed, "name": self.name,
+            "seed": self.seed, "reference_bn_updates": self.reference_bn_updates,
+            "name": self.name,
         }
 
     @classmethod

@@ -1,8 +1,8 @@
 """Shared test setup.
 
-The CPU is split into two logical devices before TensorFlow initialises, so the
-MirroredStrategy tests can run two replicas on one machine (as NSL's multi-device
-tests do). Everything else runs on the default device as usual.
+The CPU is split into five logical devices before TensorFlow initialises, so the
+MirroredStrategy tests can run two replicas (CPU:0-1) and three (CPU:2-4) on one machine (as NSL's
+multi-device tests do). Everything else runs on the default device as usual.
 """
 
 import os
@@ -14,7 +14,7 @@ import tensorflow as tf  # noqa: E402
 _cpus = tf.config.list_physical_devices("CPU")
 try:
     tf.config.set_logical_device_configuration(
-        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+        _cpus[0], [tf.config.LogicalDeviceConfiguration()] * 5)
 except RuntimeError:  # already initialised (e.g. a plugin imported TF first)
     pass
 

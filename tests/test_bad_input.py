@@ -16,16 +16,17 @@ from dac_tf import data
 
 from test_train import run_cli, tiny_flags
 
+NON_FINITE = st.sampled_from([float("nan"), float("inf"), float("-inf")])
 FLAG_VALUES = {
     "method": st.sampled_from(["at", "trades", "mart", "pgd", "", "AT"]),
-    "epsilon": st.one_of(st.none(), st.floats(-10, 400, allow_nan=False)),
-    "step_size": st.one_of(st.none(), st.floats(-10, 400, allow_nan=False)),
+    "epsilon": st.one_of(st.none(), st.floats(-10, 400, allow_nan=False), NON_FINITE),
+    "step_size": st.one_of(st.none(), st.floats(-10, 400, allow_nan=False), NON_FINITE),
     "num_steps": st.one_of(st.none(), st.integers(-5, 50)),
     "batch_size": st.one_of(st.none(), st.integers(-5, 1024)),
     "epochs": st.one_of(st.none(), st.integers(-3, 300)),
-    "lr": st.one_of(st.none(), st.floats(-1, 10, allow_nan=False)),
-    "beta": st.one_of(st.none(), st.floats(-5, 20, allow_nan=False)),
-    "momentum": st.one_of(st.none(), st.floats(-1, 2, allow_nan=False)),
+    "lr": st.one_of(st.none(), st.floats(-1, 10, allow_nan=False), NON_FINITE),
+    "beta": st.one_of(st.none(), st.floats(-5, 20, allow_nan=False), NON_FINITE),
+    "momentum": st.one_of(st.none(), st.floats(-1, 2, allow_nan=False), NON_FINITE),
     "val_size": st.one_of(st.none(), st.integers(-10, 100)),
     "dataset": st.sampled_from(["cifar10", "digits", "npz:/x.npz", "mnist", "npz"]),
     "norm": st.sampled_from(["linf", "l2"]),
@@ -46,7 +47,11 @@ def test_fuzzed_flags_resolve_or_raise_config_error(values):
         assert "\n" not in message and message.startswith("--")
         return
     assert config.epochs >= 1 and config.batch_size >= 1 and config.num_steps >= 0
-    assert 0 <= config.epsilon <= 1 and config.lr > 0
+    assert 0 <= config.epsilon <= 1 and 0 < config.lr < float("inf")
+    floats = [getattr(config, f) for f in ("epsilon", "step_size", "lr", "momentum",
+                                           "weight_decay", "ac_step", "select_epsilon")]
+    assert all(np.isfinite(v) for v in floats) and (config.beta is None or np.isfinite(
+        config.beta))
     assert (config.beta is None) == (config.method == "at")
 
 
@@ -120,7 +125,7 @@ def test_failing_commands_leave_an_existing_run_untouched(tmp_path):
     model_dir = tmp_path / "run"
     assert run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32)).returncode == 0
     before = digest(model_dir)
-    for extra in ([f"--lr=0.5"], ["--method=trades"], ["--epochs=0"], ["--num_steps=-2"],
+    for extra in (["--lr=0.5"], ["--method=trades"], ["--epochs=0"], ["--num_steps=-2"],
                   ["--dataset=npz:/does/not/exist.npz"]):
         result = run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32) + extra,
                          timeout=120)
@@ -170,3 +175,72 @@ def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):
     assert config.batch_size >= 1 and config.split in evaluate.SPLITS
     assert all(c in ("best", "last") for c in config.checkpoints)
     assert eval_attacks.parse_attacks(config.attacks)
+
+
+def _net(outputs=3, activation=None, two_outputs=False):
+    inputs = keras.Input((4, 4, 1))
+    logits = keras.layers.Dense(outputs, activation=activation)(keras.layers.Flatten()(inputs))
+    return keras.Model(inputs, [logits, logits] if two_outputs else logits)
+
+
+@pytest.mark.parametrize("base, kwargs, match", [
+    (lambda: _net(), dict(epsilon=float("nan")), "epsilon=nan"),
+    (lambda: _net(), dict(step_size=float("inf")), "step_size=inf"),
+    (lambda: _net(), dict(method="trades", beta=float("nan")), "beta=nan"),
+    (lambda: _net(1), {}, "1 logit"),
+    (lambda: _net(activation="softmax"), {}, "ends in softmax"),
+    (lambda: keras.Sequential([keras.Input((4, 4, 1)), keras.layers.Flatten(),
+                               keras.layers.Dense(3), keras.layers.Softmax()]), {},
+     "Softmax layer"),
+    (lambda: _net(two_outputs=True), {}, "has 2 outputs"),
+])
+def test_dac_model_refuses_what_it_cannot_train(base, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dac_tf.DACModel(base(), **kwargs)
+
+
+def test_dac_model_refuses_unusable_batches_and_a_missing_compile():
+    model = dac_tf.DACModel(_net(), num_steps=1)
+    x, y = np.random.rand(4, 4, 4, 1).astype("float32"), np.arange(4) % 3
+    with pytest.raises(ValueError, match="call model.compile"):
+        model.train_step((tf.constant(x), tf.constant(y)))
+    model.compile(optimizer="sgd")
+    with pytest.raises(ValueError, match="got a dict"):
+        model.fit({"images": x}, y, verbose=0)
+    ragged = tf.RaggedTensor.from_row_lengths(tf.zeros([8]), [2, 2, 2, 2])
+    with pytest.raises(ValueError, match="dense images; got a RaggedTensor"):
+        model.train_step((ragged, tf.constant(y)))
+
+
+@pytest.mark.parametrize("labels, extra, match", [
+    (np.r_[np.arange(29) % 10, 100000], {}, r"y_train\[29\] = 100000 would make 100001 "
+                                            r"classes, but 99990 classes, from 10 on"),
+    (np.r_[np.arange(29) % 10, 10**9], {}, r"y_train\[29\] = 1000000000"),
+    (np.where(np.arange(30) % 10 == 5, 4, np.arange(30) % 10), {},
+     r"class 5 never occurs in y_train"),
+    (np.r_[np.arange(29) % 10, 12], dict(num_classes=np.array(10)),
+     r"y_train\[29\] = 12 is outside the 10 classes that num_classes declares"),
+    (np.r_[np.arange(29) % 10, 12], dict(class_names=np.array(list("abcdefghij"))),
+     r"outside the 10 classes that class_names declares"),
+    (np.arange(30) % 10, dict(num_classes=np.array(10), class_names=np.array(list("abc"))),
+     "they must agree"),
+])
+def test_npz_class_count_comes_from_the_file_not_a_stray_label(tmp_path, labels, extra,
+                                                               match):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.random((30, 8, 8, 1), np.float32), y_train=labels,
+             x_test=rng.random((10, 8, 8, 1), np.float32), y_test=np.arange(10), **extra)
+    with pytest.raises(data.DatasetError, match=match) as info:
+        data.load(f"npz:{path}")
+    assert "\n" not in str(info.value)
+
+
+def test_npz_declared_classes_may_exceed_the_labels_seen(tmp_path):
+    path = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.random((30, 8, 8, 1), np.float32), y_train=np.arange(30) % 10,
+             x_test=rng.random((10, 8, 8, 1), np.float32), y_test=np.arange(10),
+             num_classes=np.array(12))
+    splits = data.load(f"npz:{path}")
+    assert splits.num_classes == 12 and len(splits.class_names) == 12

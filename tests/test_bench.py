@@ -63,6 +63,20 @@ def test_step_flops_dac_at_is_two_attacks_and_two_updates():
     assert bench.step_flops(f, num_steps=20, kind="eval") == 20 * 3 * f + f
 
 
+@pytest.mark.parametrize("method, use_dac, extra_forwards", [
+    ("at", True, 3),        # one after each of the two attacks + the clean forward
+    ("at", False, 2),
+    ("trades", True, 4),    # the discarded trades_loss (3) + the robust step's first natural
+    ("trades", False, 1),
+    ("mart", True, 0),
+])
+def test_step_flops_counts_the_reference_bn_forwards(method, use_dac, extra_forwards):
+    f = 1000.0
+    plain = bench.step_flops(f, method, use_dac, 10)
+    assert bench.step_flops(f, method, use_dac, 10, reference_bn_updates=True) == (
+        plain + extra_forwards * f)
+
+
 def test_benchmark_end_to_end_with_and_without_dac(tmp_path):
     output = str(tmp_path / "bench.json")
     lines = []
@@ -88,6 +102,33 @@ def test_benchmark_end_to_end_with_and_without_dac(tmp_path):
     table = lines[-1].splitlines()
     assert table[0].startswith("| arch |") and len(table) == 2 + len(rows)
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_reference_bn_updates_rows_and_their_cost_ratio(monkeypatch):
+    built = []
+
+    class SpyDACModel(bench.DACModel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self.reference_bn_updates)
+
+    monkeypatch.setattr(bench, "DACModel", SpyDACModel)
+    lines = []
+    config = bench.BenchConfig(**TINY, use_dac="on", reference_bn_updates="both")
+    rows = bench.run_benchmark(config, log=lines.append)
+
+    assert [(r["use_dac"], r["reference_bn_updates"]) for r in rows] == [(True, False),
+                                                                         (True, True)]
+    assert built == [False, True]   # each row trains the model it is labelled with
+    off, on = rows
+    assert off["error"] is None and on["error"] is None
+    assert on["ref_bn_cost_ratio"] == pytest.approx(on["step_ms_median"] / off["step_ms_median"])
+    assert "ref_bn_cost_ratio" not in off
+    # DAC-AT: 3 forwards (no backward) more than the 2 x 10 x 3F + 2 x 3F of the step.
+    assert on["gflop_per_image"] / off["gflop_per_image"] == pytest.approx(69 / 66)
+    table = lines[-1].splitlines()
+    assert "| ref BN |" in table[0] and "| ref BN cost |" in table[0]
+    assert table[3].startswith("| small_cnn | train | at | on | on | 8 | fp32 |")
 
 
 def test_failing_mode_is_recorded_and_the_rest_runs(monkeypatch):
@@ -121,6 +162,7 @@ def test_error_line_is_the_message_not_the_traceback():
 
 @pytest.mark.parametrize("changes, message", [
     (dict(modes=("fp16",)), "--modes: fp16 not valid"),
+    (dict(reference_bn_updates="true"), "--reference_bn_updates='true' not valid"),
     (dict(archs=("resnet50",)), "--arch: resnet50 not valid"),
     (dict(warmup=0), "--warmup must be >= 1"),
     (dict(steps=3, steps_per_execution=2), "multiple of --steps_per_execution"),
@@ -140,6 +182,9 @@ def test_plan_puts_xla_last_and_times_the_input_pipeline_once_per_batch():
     assert [m for _, m in kinds_modes if m != "-"] == ["fp32"] * 6 + ["xla"] * 6
     assert {(s["arch"], s["pipeline"]) for s in specs if s["kind"] == "train"} == {
         (a, p) for a in ("small_cnn", "preact_resnet18") for p in ("synthetic", "tfds_like")}
+    # Default: reference_bn_updates off on every train row; not a setting of the others.
+    assert {(s["kind"], s["reference_bn_updates"]) for s in specs} == {
+        ("train", False), ("eval", None), ("input", None)}
 
 
 def test_cli_writes_json_and_prints_the_table_last(tmp_path):
@@ -161,7 +206,7 @@ def test_cli_writes_json_and_prints_the_table_last(tmp_path):
     last = result.stdout.strip().splitlines()[-4:]
     assert last[0].startswith("| arch |")
     assert last[1].startswith("|---")
-    assert last[2].startswith("| small_cnn | train | at | off | 8 | xla |")
+    assert last[2].startswith("| small_cnn | train | at | off | off | 8 | xla |")
     assert last[3].startswith("| small_cnn | eval | pgd2_eval |")
 
     bad = subprocess.run([sys.executable, "-m", "dac_tf.bench", "--modes=fp16"], cwd=REPO,

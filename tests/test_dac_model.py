@@ -13,6 +13,7 @@ import tensorflow as tf
 
 import dac_tf
 from dac_tf import optimizers
+from test_distribute import two_cpu_strategy
 
 BATCH, SIZE, CHANNELS, CLASSES = 8, 6, 2, 4
 EPS, STEP, STEPS = 0.1, 0.03, 3
@@ -51,9 +52,11 @@ def ref_softmax(z):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def ref_attack(model, x, y, method, training, noise_seed=None):
+def ref_attack(model, x, y, method, training, noise_seed=None, final_forward=False):
     """PGD as the reference writes it; no random start unless `noise_seed` (TRADES's
-    x + 0.001 N(0, 1) start, drawn with DACModel's documented per-update seed)."""
+    x + 0.001 N(0, 1) start, drawn with DACModel's documented per-update seed).
+    `final_forward`: AT's `attack_pgd` ends with one more forward on the result (its
+    restart bookkeeping), in the attack's BN mode."""
     x_adv = tf.constant(x)
     if noise_seed is not None:
         x_adv = x_adv + 0.001 * tf.random.stateless_normal(x.shape, noise_seed, alg="philox")
@@ -70,10 +73,14 @@ def ref_attack(model, x, y, method, training, noise_seed=None):
         grad = tape.gradient(loss, x_adv).numpy()
         x_adv = np.clip(np.clip(x_adv.numpy() + STEP * np.sign(grad), x - EPS, x + EPS), 0, 1)
         x_adv = tf.constant(x_adv.astype("float32"))
+    if final_forward:
+        model(x_adv, training=training)
     return x_adv
 
 
-def ref_robust_loss(model, x, x_adv, y, method, beta):
+def ref_robust_loss(model, x, x_adv, y, method, beta, second_natural=False):
+    """`second_natural`: TRADES as trades.py writes it, the KL target from a second
+    natural forward after the adversarial one (same value, one more BN update)."""
     onehot = tf.one_hot(y, CLASSES)
     if method == "at":
         adv = model(x_adv, training=True)
@@ -82,7 +89,7 @@ def ref_robust_loss(model, x, x_adv, y, method, beta):
     adv = model(x_adv, training=True)
     if method == "trades":
         ce = tf.reduce_mean(-tf.reduce_sum(onehot * tf.nn.log_softmax(nat), 1))
-        p = tf.nn.softmax(nat)
+        p = tf.nn.softmax(model(x, training=True) if second_natural else nat)
         kl = tf.reduce_sum(p * (tf.math.log(p) - tf.nn.log_softmax(adv))) / x.shape[0]
         return ce + beta * kl
     # MART, line by line from its reference code.
@@ -128,17 +135,30 @@ def trades_seed(update):
     return fold_in(seed, tf.constant(0, tf.int64), alg="philox")
 
 
-def ref_train_batch(model, opt, x, y, method, use_dac, lr, beta=None, first_update=0):
+def ref_train_batch(model, opt, x, y, method, use_dac, lr, beta=None, first_update=0,
+                    reference_passes=False):
+    """One batch of the reference. `reference_passes`: also make its train-mode forwards
+    that only move BN statistics, in its order. Returns AT's clean-forward logits (made
+    only with `reference_passes`), else None."""
     training = method == "at"          # AT attacks in train mode; TRADES/MART in eval mode
     ac_step = 0.1 if method == "trades" else 0.3
     update = first_update
     seed = (lambda u: trades_seed(u)) if method == "trades" else (lambda u: None)
+    final_forward = reference_passes and method == "at"
+    trades_as_written = reference_passes and method == "trades"
     if use_dac:
-        x_adv = ref_attack(model, x, y, method, training, seed(update))
+        x_adv = ref_attack(model, x, y, method, training, seed(update), final_forward)
+        if trades_as_written:
+            # dac_trades_cifar10.py gets this x_adv from trades_loss and drops the loss:
+            # its natural, adversarial, natural train-mode forwards still run.
+            ref_robust_loss(model, x, x_adv, y, method, beta, second_natural=True)
         opt.step(lambda: ac_step * ref_ac(model(x_adv, training=True)), lr)
         update += 1
-    x_adv = ref_attack(model, x, y, method, training, seed(update))
-    opt.step(lambda: ref_robust_loss(model, x, x_adv, y, method, beta), lr)
+    x_adv = ref_attack(model, x, y, method, training, seed(update), final_forward)
+    opt.step(lambda: ref_robust_loss(model, x, x_adv, y, method, beta, trades_as_written), lr)
+    if final_forward:                  # AT's `output = model(normalize(X))`, train mode
+        return model(x, training=True)
+    return None
 
 
 def dac(base, method, use_dac, **kwargs):
@@ -220,6 +240,109 @@ def test_one_fit_step_matches_hand_rolled_reference(method, use_dac):
     assert int(model.optimizer.iterations) == (2 if use_dac else 1)
 
 
+def bn_statistics(model):
+    """[moving_mean, moving_variance] of a `make_base` model's BatchNorm layer."""
+    bn = next(layer for layer in model.layers
+              if isinstance(layer, keras.layers.BatchNormalization))
+    return [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+
+
+def fit_one_batch(method, use_dac, reference_bn_updates, x, y, epochs=1):
+    base = make_base(1)
+    model = dac(base, method, use_dac, reference_bn_updates=reference_bn_updates)
+    model.compile(optimizer=optimizers.TorchSGD(learning_rate=0.1, momentum=MOMENTUM))
+    history = model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=False,
+                        verbose=0).history
+    return base, model, history
+
+
+@pytest.mark.parametrize("method", ["at", "trades", "mart"])
+@pytest.mark.parametrize("use_dac", [True, False])
+def test_reference_bn_updates_replay_the_references_forwards(method, use_dac):
+    """BN statistics after one step equal a replay of the reference's train-mode forward
+    sequence (AT: attack + final forward, clean forward after the update; TRADES: the
+    discarded trades_loss and the KL target's second natural forward), and the weights
+    still equal the reference update."""
+    x, y = batch()
+    base, _, _ = fit_one_batch(method, use_dac, True, x, y)
+    twin = make_base(1)
+    ref_train_batch(twin, RefSGD(twin), x, y, method, use_dac, 0.1,
+                    beta={"at": None, "trades": 6.0, "mart": 5.0}[method],
+                    reference_passes=True)
+    for got, want in zip(bn_statistics(base), bn_statistics(twin)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_weights_close(base, twin)
+
+
+@pytest.mark.parametrize("method, changes_statistics",
+                         [("at", True), ("trades", True), ("mart", False)])
+@pytest.mark.parametrize("use_dac", [True, False])
+def test_reference_bn_updates_moves_only_the_statistics(method, use_dac,
+                                                        changes_statistics):
+    """The option changes the moving statistics where the reference makes extra passes
+    (AT, TRADES), by far more than the replay test's tolerance; MART's reference makes
+    none, so its step is bit-identical. AT's weights do not change (its attack runs in
+    train mode, which never reads the moving statistics); TRADES' eval-mode attack reads
+    them, so with DAC the robust step's attack, and so the weights, change too."""
+    x, y = batch()
+    (plain, _, plain_logs), (ref, _, ref_logs) = (
+        fit_one_batch(method, use_dac, flag, x, y) for flag in (False, True))
+    gap = max(np.abs(a - b).max()
+              for a, b in zip(bn_statistics(plain), bn_statistics(ref)))
+    weight_gap = max(np.abs(np.asarray(a) - np.asarray(b)).max()
+                     for a, b in zip(plain.trainable_weights, ref.trainable_weights))
+    if changes_statistics:
+        assert gap > 1e-3
+    else:
+        assert gap == 0.0 and weight_gap == 0.0
+    if method == "trades" and use_dac:
+        assert weight_gap > 1e-3
+    else:
+        assert weight_gap < 1e-6
+    assert "clean_accuracy" not in plain_logs
+    assert ("clean_accuracy" in ref_logs) == (method == "at")
+
+
+def test_clean_accuracy_is_the_reference_clean_forward_of_each_epoch():
+    """AT's logged clean_accuracy is the accuracy of the replayed clean forward (after the
+    robust update, train-mode BN), reset at each epoch."""
+    x, y = batch(5)
+    _, model, history = fit_one_batch("at", True, True, x, y, epochs=2)
+    twin = make_base(1)
+    opt = RefSGD(twin)
+    expected = []
+    for epoch in range(2):
+        logits = ref_train_batch(twin, opt, x, y, "at", True, 0.1, first_update=2 * epoch,
+                                 reference_passes=True)
+        expected.append(np.mean(np.argmax(logits, 1) == y))
+    # Different per epoch, so a tracker that is not reset (the running mean over both
+    # epochs) or one fed before the update would fail.
+    assert expected[0] != expected[1]
+    np.testing.assert_allclose(history["clean_accuracy"], expected, atol=1e-6)
+    assert model.train_clean_accuracy in model.metrics
+
+
+def test_reference_bn_updates_trains_under_mirrored_strategy():
+    """Two replicas (per-replica BN statistics): the extra passes run and the logs,
+    clean_accuracy included, are finite."""
+    strategy = two_cpu_strategy()
+    x, y = batch(n=2 * BATCH)
+    with strategy.scope():
+        base = make_base(1)
+        model = dac(base, "at", True, reference_bn_updates=True)
+        model.compile(optimizer=optimizers.TorchSGD(learning_rate=0.1, momentum=MOMENTUM))
+    logs = model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0).history
+    assert {"loss", "adv_accuracy", "adv_certainty", "ac_loss", "clean_accuracy"} <= set(logs)
+    assert all(np.isfinite(v[0]) for v in logs.values())
+    assert all(np.isfinite(s).all() for s in bn_statistics(base))
+
+
+def test_reference_bn_updates_survives_get_config():
+    model = dac_tf.DACModel(make_base(0), reference_bn_updates=True)
+    assert dac_tf.DACModel.from_config(model.get_config()).reference_bn_updates is True
+    assert dac_tf.DACModel(make_base(0)).reference_bn_updates is False
+
+
 def test_schedule_follows_batches_with_torch_momentum():
     """Two DAC batches, lr 0.1 then 0.02: the four updates use 0.1, 0.1, 0.02, 0.02."""
     x, y = batch(n=2 * BATCH)
@@ -274,7 +397,7 @@ def test_ac_update_lowers_certainty_of_fixed_adversarial_examples():
     model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0)   # builds the optimizer
     x_adv = model.generate_adversarial(tf.constant(x), tf.constant(y))
     before = float(dac_tf.adversarial_certainty(base(x_adv, training=True)))
-    ac_loss = float(model.ac_update(x_adv))
+    ac_loss = float(tf.reduce_mean(model.ac_update(x_adv)))   # per example
     after = float(dac_tf.adversarial_certainty(base(x_adv, training=True)))
     np.testing.assert_allclose(ac_loss, before, rtol=1e-5)
     assert after < before
