@@ -13,11 +13,12 @@ Only the base network's weights are needed to rebuild a model: `load_model` buil
 architecture named in config.json and restores the weights, nothing else.
 """
 
-import json
 import os
 
 import tensorflow as tf
 
+from dac_tf import errors
+from dac_tf import fileio
 from dac_tf import models
 
 CONFIG_FILE = "config.json"
@@ -27,7 +28,7 @@ BEST_DIR = "best"
 CHECKPOINTS = ("best", "last")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(errors.UserError):
     """A model_dir or checkpoint that cannot be loaded (the message says why)."""
 
 
@@ -35,28 +36,17 @@ def config_path(model_dir):
     return os.path.join(model_dir, CONFIG_FILE)
 
 
-def write_json_atomic(path, data):
-    """Writes JSON so that a crash leaves the old file or the new one, never half of one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def load_run_config(model_dir):
     """The run's config.json as a dict; CheckpointError if `model_dir` is not a run."""
     path = config_path(model_dir)
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise CheckpointError(
             f"{model_dir!r} is not a dac_tf training run: {CONFIG_FILE} is missing "
             "(expected a --model_dir written by `python -m dac_tf.train`).")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"cannot read {path}: {e}") from None
+    config = fileio.read_json(path, CheckpointError, "run config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is not a JSON object (was it edited by hand?).")
+    return config
 
 
 def build_model(config):

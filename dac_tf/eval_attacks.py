@@ -61,6 +61,7 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
 
 from dac_tf import certainty
+from dac_tf import errors
 
 NORMS = ("linf", "l2")
 KINDS = ("clean", "fgsm", "pgd", "cw", "autoattack")
@@ -83,7 +84,7 @@ VALID_ATTACKS_TEXT = ("clean, fgsm, pgdK (K steps, e.g. pgd20, pgd100), cw (CW-i
                       f"{DEFAULT_CW_STEPS} steps) or cwK, autoattack")
 
 
-class AttackError(ValueError):
+class AttackError(errors.UserError):
     """An attack name or setting that cannot be used (the message says what is valid)."""
 
 

@@ -34,7 +34,9 @@ Output (`--output=results.json`; for a single training run the default is
 `MODEL_DIR/eval_<checkpoint>.json`, which `python -m dac_tf.export` records in the
 export's metadata): with one `--model`, the JSON is that model's record;
 with several, `{"format", "models": [record, ...], "table"}`. A record holds `model`,
-`dataset`, `split`, `epsilon` ([0, 1]) and `epsilon_255`, `norm`, `num_examples`,
+`dataset`, `split`, `epsilon` ([0, 1]) and `epsilon_255`, `epsilon_source` ("flag",
+"benchmark": 8/255 on CIFAR-10/100 and SVHN, "training": the run's own radius on other
+data, `dac_tf.protocol.evaluation_epsilon`), `training_epsilon`, `norm`, `num_examples`,
 `accuracy` (attack name as given -> robust accuracy in [0, 1]), `clean_accuracy`,
 `worst_case_accuracy`, `robust_flags` (per example, "1" = robust: one string per attack,
 plus `__clean__` and `__worst_case__`), `seconds`, `attack_settings`,
@@ -48,33 +50,35 @@ and every AutoAttack batch; `--resume` reuses the finished attacks of an existin
 AutoAttack from its saved state.
 
 Units: `--epsilon`, `--pgd_step_size` and `--cw_step_size` are in pixel units out of
-255, as the field writes them (`--epsilon=8` is 8/255); the library functions take
-[0, 1] units.
+255, as the field writes them (`--epsilon=8` is 8/255), never guessed from the magnitude;
+the library functions take [0, 1] units. The default radius is the paper's protocol
+(`dac_tf.protocol`): 8/255 on CIFAR-10, CIFAR-100 and SVHN whatever the run trained with
+(TRADES and MART train at 0.031 but are evaluated at 8/255), the run's own elsewhere.
 """
 
 import dataclasses
-import json
-import math
+import hashlib
 import os
-import sys
+import re
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
 from dac_tf import checkpoints
+from dac_tf import cli
 from dac_tf import data
+from dac_tf import errors
 from dac_tf import eval_attacks
 from dac_tf import export
+from dac_tf import fileio
+from dac_tf import protocol
 from dac_tf import torch_bridge
 
 FORMAT = "dac_tf.evaluate/1"
 SPLITS = ("test", "train")
-# The paper's CIFAR-10 budget, used when neither the flag nor the model says otherwise.
-DEFAULT_EPSILON = 8 / 255
 # The batch size of the DAC reference's AutoAttack script (eval_autoattack.py, bs=200).
 DEFAULT_BATCH_SIZE = 200
 DEFAULT_ATTACKS = "clean,pgd20,pgd100,cw,autoattack"
@@ -87,7 +91,7 @@ AUTOATTACK_IMPLS = ("native", "official", "pyautoattack")
 _TORCH_PACKAGES = {"official": "autoattack", "pyautoattack": "pyautoattack"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(errors.UserError):
     """A model, data set or setting that cannot be evaluated (the message says why)."""
 
 
@@ -151,11 +155,7 @@ class _SavedModelLogits:
 
 
 def _read_json(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise EvaluationError(f"cannot read {path}: {e}") from None
+    return fileio.read_json(path, EvaluationError, "JSON file")
 
 
 def _label(path, kind, checkpoint):
@@ -204,8 +204,6 @@ def load_logits_fn(path, checkpoint="best"):
         if meta["input_shape"] is None and fn.input_spec.shape.rank == 4:
             dims = fn.input_spec.shape.as_list()[1:]
             meta["input_shape"] = dims if None not in dims else None
-    if meta.get("epsilon") is not None and meta["epsilon"] > 1:
-        meta["epsilon"] = meta["epsilon"] / 255   # written in pixel units
     meta["label"] = _label(resolved, kind, checkpoint)
     return fn, meta
 
@@ -624,10 +622,8 @@ def _pct(v):
 
 
 def _eps_text(record):
-    eps255 = record["epsilon_255"]
     norm = "L-inf" if record["norm"] == "linf" else "L2"
-    shown = f"{eps255:g}" if abs(eps255 - round(eps255, 3)) < 1e-9 else f"{eps255:.3f}"
-    return f"{norm} eps = {shown}/255"
+    return f"{norm} eps = {protocol.pixels_text(record['epsilon'])}"
 
 
 def markdown_table(records):
@@ -704,14 +700,37 @@ def results_document(records):
     return dict(format=FORMAT, models=records, table=markdown_table(records))
 
 
+# Keys --resume reads from a stored record, and their types.
+_RECORD_TYPES = dict(robust_flags=dict, attack_settings=dict, accuracy=dict, seconds=dict,
+                     columns=dict)
+
+
 def read_results(path):
-    """The records of an --output file, one model or several, as a list."""
+    """The records of an --output file, one model or several, as a list.
+
+    Raises:
+      EvaluationError: not a result file, or one whose records were damaged or edited
+        so that --resume cannot trust them.
+    """
     doc = _read_json(path)
     if isinstance(doc, dict) and isinstance(doc.get("models"), list):
-        return doc["models"]
-    if isinstance(doc, dict) and doc.get("format") == FORMAT:
-        return [doc]
-    raise EvaluationError(f"{path} is not a dac_tf.evaluate result file.")
+        records = doc["models"]
+    elif isinstance(doc, dict) and doc.get("format") == FORMAT:
+        records = [doc]
+    else:
+        raise EvaluationError(f"{path} is not a dac_tf.evaluate result file.")
+    for i, record in enumerate(records):
+        bad = [k for k, t in _RECORD_TYPES.items()
+               if not isinstance(record, dict) or not isinstance(record.get(k, t()), t)]
+        if not bad and not all(isinstance(v, str) and set(v) <= {"0", "1"}
+                               for v in record.get("robust_flags", {}).values()):
+            bad = ["robust_flags"]
+        if bad:
+            raise EvaluationError(
+                f"{path}: record {i + 1} has an invalid {', '.join(bad)} (edited or "
+                "damaged); --resume cannot reuse it. Delete the file or pass another "
+                "--output to evaluate afresh.")
+    return records
 
 
 def default_output(model_dir, checkpoint):
@@ -720,6 +739,21 @@ def default_output(model_dir, checkpoint):
     `python -m dac_tf.export` records this file in the export's metadata.
     """
     return os.path.join(model_dir, f"eval_{checkpoint}.json")
+
+
+def default_output_of(models, ckpts):
+    """The --output default: MODEL_DIR/eval_<checkpoint>.json for one training run (where
+    the export looks for it), else results/<model names>.json under the current
+    directory (never inside an export, which TF Serving watches)."""
+    if len(models) == 1 and tf.io.gfile.exists(checkpoints.config_path(models[0])):
+        return default_output(models[0], ckpts[0])
+    names = []
+    for model, ckpt in zip(models, ckpts):
+        name = os.path.basename(os.path.normpath(model)) or "model"
+        if tf.io.gfile.exists(checkpoints.config_path(model)):
+            name += f"_{ckpt}"
+        names.append(re.sub(r"[^A-Za-z0-9._-]+", "_", name))
+    return os.path.join("results", "-".join(dict.fromkeys(names)) + ".json")
 
 
 def table_path(output):
@@ -775,7 +809,9 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_string("attacks", DEFAULT_ATTACKS, "Comma list of "
                         f"{eval_attacks.VALID_ATTACKS_TEXT}.", **f)
     flags.DEFINE_float("epsilon", None, "Radius in pixel units /255 (8 = 8/255). Default: "
-                       "the model's training epsilon, else 8.", **f)
+                       "8 on cifar10, cifar100 and svhn under L-inf (the paper's and "
+                       "RobustBench's radius, whatever the run trained with); the run's "
+                       "training radius on digits, npz and under L2.", **f)
     flags.DEFINE_string("norm", None, "linf or l2 (default: the model's, else linf).", **f)
     flags.DEFINE_float("pgd_step_size", None, "PGD step, pixel units /255. Default "
                        "epsilon/4 (2 at epsilon 8: robust-overfitting / DAC reference).", **f)
@@ -791,8 +827,8 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_integer("seed", 0, "Seed of the random starts.", **f)
     flags.DEFINE_string("output", None, "Results JSON (the markdown table goes next to it "
                         "as .md). Default for one training run: MODEL_DIR/eval_<checkpoint>"
-                        ".json (picked up by python -m dac_tf.export); required otherwise.",
-                        **f)
+                        ".json (picked up by python -m dac_tf.export); otherwise "
+                        "results/<model names>.json in the current directory.", **f)
     flags.DEFINE_boolean("resume", False, "Reuse finished attacks of an existing --output "
                          "and continue an interrupted AutoAttack.", **f)
     flags.DEFINE_boolean("jit_compile", False, "Compile the attacks with XLA.", **f)
@@ -814,16 +850,11 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_boolean("progress", True, "Progress bars on stderr.", **f)
 
 
-def _epsilon_from_255(name, value):
-    if value is None:
-        return None
-    if not math.isfinite(value) or value < 0 or value > 255:
-        raise EvaluationError(f"--{name}={value:g} must be in [0, 255] (pixel units /255: "
-                              "8 means 8/255).")
-    if 0 < value < 1:
-        raise EvaluationError(f"--{name}={value:g} is in pixel units /255 (8 means 8/255); "
-                              f"for {value:g} in [0, 1] units pass --{name}={value * 255:g}.")
-    return value / 255
+def _pixels(name, value, radius=True):
+    try:
+        return protocol.from_pixels(name, value, radius=radius)
+    except protocol.UnitError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def config_from_flags(flag_values):
@@ -843,12 +874,7 @@ def config_from_flags(flag_values):
                               "--model flags; give one, or one per --model.")
     if len(ckpts) == 1:
         ckpts = ckpts * len(models)
-    output = v["output"]
-    if not output:
-        if len(models) != 1 or not os.path.isfile(checkpoints.config_path(models[0])):
-            raise EvaluationError("--output is required (the results JSON; the table goes next "
-                                  "to it as .md) unless one training run is evaluated.")
-        output = default_output(models[0], ckpts[0])
+    output = v["output"] or default_output_of(models, ckpts)
     if v["split"] not in SPLITS:
         raise EvaluationError(f"--split={v['split']!r} is not valid; use one of "
                               f"{', '.join(SPLITS)}.")
@@ -862,9 +888,9 @@ def config_from_flags(flag_values):
             raise EvaluationError(f"--{name}={v[name]} must be at least 1.")
     if v["cw_confidence"] < 0:
         raise EvaluationError(f"--cw_confidence={v['cw_confidence']:g} must be >= 0.")
-    epsilon = _epsilon_from_255("epsilon", v["epsilon"])
-    pgd_step = _epsilon_from_255("pgd_step_size", v["pgd_step_size"])
-    cw_step = _epsilon_from_255("cw_step_size", v["cw_step_size"])
+    epsilon = _pixels("epsilon", v["epsilon"])
+    pgd_step = _pixels("pgd_step_size", v["pgd_step_size"], radius=False)
+    cw_step = _pixels("cw_step_size", v["cw_step_size"], radius=False)
     aa_attacks = tuple(a.strip() for a in v["autoattack_attacks"].split(",") if a.strip())
     aa_options = dict(attacks=aa_attacks, apgd_n_iter=v["autoattack_apgd_iters"],
                       fab_n_iter=v["autoattack_fab_iters"],
@@ -904,12 +930,93 @@ def load_split(dataset, split, *, data_dir=None, num_examples=None):
     return data.to_float32(x), np.asarray(y, np.int32), splits
 
 
+def _fingerprint_files(paths):
+    """sha256 over the bytes of `paths` (what identifies a model's weights)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(os.path.basename(path).encode())
+        with tf.io.gfile.GFile(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_fingerprint(meta):
+    """A fingerprint of the weights `load_logits_fn` loaded (see its metadata).
+
+    For a run, the checkpoint's `.index` file (it holds a checksum of every tensor) and
+    its name; for a SavedModel, `saved_model.pb` and the variables index. A `last`
+    checkpoint that moved on (ckpt-2 -> ckpt-3) or a re-export gets a new fingerprint.
+    """
+    if meta["kind"] == "model_dir":
+        return _fingerprint_files([meta["checkpoint_path"] + ".index"])
+    files = [os.path.join(meta["path"], export.SAVED_MODEL_FILE)]
+    index = os.path.join(meta["path"], "variables", "variables.index")
+    if tf.io.gfile.exists(index):
+        files.append(index)
+    return _fingerprint_files(files)
+
+
+def data_fingerprint(x, y):
+    """sha256 of the evaluated examples (float32 images and int32 labels)."""
+    digest = hashlib.sha256(np.ascontiguousarray(x, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(y, np.int32).tobytes())
+    return digest.hexdigest()
+
+
+# What must be equal for a stored result to be reused by --resume; the attack settings
+# are compared per attack by `evaluate_model`.
+_RESUME_KEYS = ("model_path", "checkpoint", "model_fingerprint", "dataset", "split",
+                "num_examples", "data_fingerprint")
+
+
 def _matching_previous(previous_records, info):
-    keys = ("model_path", "checkpoint", "dataset", "split", "num_examples")
+    """The stored record of the same weights on the same examples, or None.
+
+    A record of the same --model whose weights or examples changed since is reported
+    and recomputed, never reused.
+    """
     for r in previous_records:
-        if all(r.get(k) == info.get(k) for k in keys):
+        if all(r.get(k) == info.get(k) for k in _RESUME_KEYS):
             return r
+    for r in previous_records:
+        if r.get("model_path") == info.get("model_path") and r.get(
+                "checkpoint") == info.get("checkpoint"):
+            changed = [k for k in _RESUME_KEYS if r.get(k) != info.get(k)]
+            logging.warning(
+                "--resume: the stored results of %s were made with another %s (stored %s, "
+                "now %s); recomputing every attack.", info.get("model_label"),
+                " and ".join(k.replace("_", " ") for k in changed),
+                r.get("checkpoint_path") or "?", info.get("checkpoint_path") or "?")
     return None
+
+
+def _prepare_output(output):
+    """Checks before any attack runs that `output` can be written, and removes the
+    temporary files a killed evaluation of the same output left.
+
+    Raises:
+      EvaluationError: a directory, a folder that cannot be created, or not writable
+        (a read-only run directory: pass --output elsewhere).
+    """
+    if tf.io.gfile.isdir(output):
+        raise EvaluationError(f"--output={output} is a directory; give the path of a JSON "
+                              "file (the table goes next to it as .md).")
+    folder = os.path.dirname(output) or "."
+    try:
+        tf.io.gfile.makedirs(folder)
+        probe = os.path.join(folder, f"{os.path.basename(output)}{fileio.TMP_MARKER}probe")
+        fileio.write_atomic(probe, "")
+        tf.io.gfile.remove(probe)
+    except (OSError, tf.errors.OpError) as e:
+        raise EvaluationError(
+            f"--output={output} cannot be written ({fileio.first_line(e)}); pass "
+            "--output=PATH in a writable folder (a read-only run directory cannot hold "
+            "the default eval_<checkpoint>.json).") from None
+    prefix = os.path.basename(output) + fileio.TMP_MARKER
+    for name in tf.io.gfile.listdir(folder):
+        if name.startswith(prefix):
+            tf.io.gfile.remove(os.path.join(folder, name))
 
 
 def run(config):
@@ -921,17 +1028,16 @@ def run(config):
     Returns:
       (records, table markdown).
     """
+    _prepare_output(config.output)
     previous_records = []
-    if config.resume and os.path.isfile(config.output):
+    if config.resume and tf.io.gfile.exists(config.output):
         previous_records = read_results(config.output)
     elif config.resume:
         logging.info("--resume: %s does not exist yet; starting from scratch.", config.output)
-    out_dir = os.path.dirname(os.path.abspath(config.output))
-    os.makedirs(out_dir, exist_ok=True)
     done = []
 
     def write(records):
-        checkpoints.write_json_atomic(config.output, results_document(records))
+        fileio.write_json_atomic(config.output, results_document(records))
 
     for path, ckpt in zip(config.models, config.checkpoints):
         logits_fn, meta = load_logits_fn(path, ckpt)
@@ -944,15 +1050,19 @@ def run(config):
         if meta.get("input_shape") and list(meta["input_shape"]) != list(splits.image_shape):
             raise EvaluationError(f"--model={path} takes images {tuple(meta['input_shape'])} "
                                   f"but {dataset} has {splits.image_shape} (wrong --dataset?).")
-        epsilon = config.epsilon
-        if epsilon is None:
-            epsilon = meta["epsilon"] if meta.get("epsilon") is not None else DEFAULT_EPSILON
         norm = config.norm or meta.get("norm") or "linf"
+        epsilon, epsilon_source = config.epsilon, "flag"
+        if epsilon is None:
+            epsilon, epsilon_source = protocol.evaluation_epsilon(dataset, norm,
+                                                                  meta.get("epsilon"))
         info = dict(model=path, model_path=meta["path"], model_label=meta["label"],
                     model_kind=meta["kind"], checkpoint=meta["checkpoint"],
                     checkpoint_path=meta.get("checkpoint_path"), arch=meta.get("arch"),
                     dataset=dataset, split=config.split, num_examples=len(x),
-                    class_names=list(splits.class_names))
+                    class_names=list(splits.class_names), epsilon_source=epsilon_source,
+                    training_epsilon=meta.get("epsilon"),
+                    model_fingerprint=model_fingerprint(meta),
+                    data_fingerprint=data_fingerprint(x, y))
         previous = _matching_previous(previous_records, info)
         logging.info("evaluating %s on %s %s (%d examples)", meta["label"], dataset,
                      config.split, len(x))
@@ -967,33 +1077,29 @@ def run(config):
         done.append(record)
         write(done)
     table = markdown_table(done)
-    with open(table_path(config.output), "w", encoding="utf-8") as f:
-        f.write(table)
+    fileio.write_atomic(table_path(config.output), table)
     return done, table
 
 
+def _interrupted_hint(flag_values):
+    return (f"the finished attacks (and AutoAttack's progress) are in "
+            f"{flag_values['output'].value or 'the output JSON'}; rerun the same command "
+            "with --resume to continue.")
+
+
+@cli.guard(_interrupted_hint)
 def main(argv, flag_values=None):
-    """CLI entry point: errors are one line on stderr and exit status 2."""
-    flag_values = flag_values or flags.FLAGS
+    """`python -m dac_tf.evaluate`: reads the flags once, evaluates, prints the table."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise EvaluationError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
+                              "written --name=value).")
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    output = flag_values["output"].value
-    try:
-        config = config_from_flags(flag_values)
-        _, table = run(config)
-    except (EvaluationError, eval_attacks.AttackError, checkpoints.CheckpointError,
-            data.DatasetError, torch_bridge.BridgeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print(f"interrupted: the finished attacks (and AutoAttack's progress) are in "
-              f"{output}; rerun the same command with --resume to continue.", file=sys.stderr)
-        sys.exit(130)
+    config = config_from_flags(flag_values)
+    _, table = run(config)
     print(table, end="")
+    print(f"Results: {config.output} (table: {table_path(config.output)})")
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

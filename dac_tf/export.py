@@ -37,10 +37,8 @@ import errno
 import json
 import os
 import shutil
-import sys
 import uuid
 
-from absl import app
 from absl import flags
 from absl import logging
 import keras
@@ -49,6 +47,8 @@ import tensorflow as tf
 
 import dac_tf
 from dac_tf import checkpoints
+from dac_tf import cli
+from dac_tf import errors
 
 FORMAT = "dac_tf.export/1"
 METADATA_FILE = os.path.join("assets.extra", "dac_tf_metadata.json")
@@ -66,7 +66,7 @@ _VERIFY_RTOL = 1e-4
 _VERIFY_ATOL = 1e-4
 
 
-class ExportError(ValueError):
+class ExportError(errors.UserError):
     """A model, export directory or version that cannot be exported (the message says why)."""
 
 
@@ -442,6 +442,37 @@ def _check_target(export_base, version, overwrite):
     return version
 
 
+def _remove_dead_hidden_dirs(export_base):
+    """Cleans up after exports that were killed (the pid in a hidden folder's name is gone).
+
+    `.tmp-export-PID-*` (a version being written) is deleted. `.old-V-PID-*` holds
+    version V moved aside by `--overwrite`: it is deleted when the new V is in place, and
+    moved back when the kill came before that, so an interrupted overwrite never loses
+    the version that was served. A live export's folders are left alone.
+    """
+    for name in os.listdir(export_base):
+        parts = name.split("-")
+        if not name.startswith((".tmp-export-", ".old-")) or len(parts) < 4:
+            continue
+        if not parts[-2].isdigit():
+            continue
+        try:
+            os.kill(int(parts[-2]), 0)
+            continue   # still running (or not ours to judge)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        path = os.path.join(export_base, name)
+        if name.startswith(".old-"):
+            version = parts[1]
+            target = os.path.join(export_base, version)
+            saved = os.path.join(path, version)
+            if not os.path.exists(target) and os.path.isdir(saved):
+                os.rename(saved, target)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _make_hidden_dir(parent, kind):
     # Hidden and non-numeric, so TF Serving never loads it; os.mkdir (unlike mkdtemp's
     # 0700) honours the umask, so a server running as another user can read the version.
@@ -478,9 +509,11 @@ def export_saved_model(model, export_base, *, metadata=None, version=None, overw
     module = ServingModule(model, metadata_json)
     try:
         os.makedirs(export_base, exist_ok=True)
+        _remove_dead_hidden_dirs(export_base)
+        tmp = _make_hidden_dir(export_base, "tmp-export")
     except OSError as e:
-        raise ExportError(f"cannot create --export_dir={export_base!r}: {e}") from None
-    tmp = _make_hidden_dir(export_base, "tmp-export")
+        raise ExportError(f"cannot write to --export_dir={export_base!r}: "
+                          f"{e.strerror or e}; choose a writable --export_dir.") from None
     try:
         _write_version(module, model, tmp, metadata_json, verify)
         return _move_into_place(tmp, export_base, version if explicit else next_version(
@@ -569,25 +602,24 @@ def define_flags(flag_values=flags.FLAGS):
                          "model before moving it into place.", **f)
 
 
+@cli.guard("nothing was moved into place: an interrupted export leaves no version "
+           "behind; run the same command again.")
 def main(argv, flag_values=None):
-    """CLI entry point: prints the version directory; errors are one line on stderr."""
-    flag_values = flag_values or flags.FLAGS
+    """`python -m dac_tf.export`: prints the version directory written."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+        raise ExportError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
+                          "--name=value).")
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    try:
-        path = export_run(flag_values.model_dir, flag_values.export_dir,
-                          checkpoint=flag_values.checkpoint, version=flag_values.version,
-                          overwrite=flag_values.overwrite, eval_json=flag_values.eval_json,
-                          verify=flag_values.verify)
-    except (ExportError, checkpoints.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    for name in ("model_dir", "export_dir"):
+        if not flag_values[name].value:
+            raise ExportError(f"--{name} is required.")
+    path = export_run(flag_values.model_dir, flag_values.export_dir,
+                      checkpoint=flag_values.checkpoint, version=flag_values.version,
+                      overwrite=flag_values.overwrite, eval_json=flag_values.eval_json,
+                      verify=flag_values.verify)
     print(path)
 
 
 if __name__ == "__main__":
-    define_flags()
-    flags.mark_flags_as_required(["model_dir", "export_dir"])
-    app.run(main)
+    cli.run(main, define_flags)

@@ -11,7 +11,8 @@ Reproduces the paper's motivation figures from what a run leaves in its `model_d
   `metrics.csv` only.
 * `heatmaps_<run>.png` (+ `heatmaps_<run>.json` with the numbers): the model's mean
   softmax output on PGD adversarial inputs per true class, for the train and test split
-  and the best and last checkpoints. Needs `config.json`, the checkpoints and the data.
+  and the best and last checkpoints, under the run's selection attack (the attack of
+  its robust accuracy curve). Needs `config.json`, the checkpoints and the data.
 
     python -m dac_tf.report --model_dir=runs/cifar10_preact_resnet18_at \
         --model_dir=runs/cifar10_preact_resnet18_at_dac --output_dir=plots/at_vs_dac
@@ -24,14 +25,11 @@ through `pyplot`: importing this module does not change the caller's matplotlib 
 and works without a display.
 """
 
-import csv
 import dataclasses
 import math
 import os
 import re
-import sys
 
-from absl import app
 from absl import flags
 from absl import logging
 from matplotlib import ticker
@@ -42,20 +40,18 @@ import tensorflow as tf
 
 from dac_tf import attacks
 from dac_tf import checkpoints
+from dac_tf import cli
 from dac_tf import data
+from dac_tf import errors
+from dac_tf import fileio
+from dac_tf import rundir
 
-METRICS_FILE = "metrics.csv"
+METRICS_FILE = rundir.METRICS_FILE
 PLOTS_DIR = "plots"
 ROBUST_OVERFITTING_FILE = "robust_overfitting.png"
 ADVERSARIAL_CERTAINTY_FILE = "adversarial_certainty.png"
 HEATMAP_SPLITS = ("train", "test")
 
-# The columns the training CLI writes (dac_tf/train.py METRIC_COLUMNS). Missing columns
-# read as all-NaN, so a metrics file from an older version still plots what it has.
-METRIC_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_adv_accuracy", "train_ac", "train_ac_loss",
-    "val_clean_accuracy", "val_robust_accuracy", "val_ac",
-    "test_clean_accuracy", "test_robust_accuracy", "test_ac", "epoch_seconds")
 
 DPI = 120
 # Beyond this many classes the per-cell numbers are unreadable; beyond the second limit
@@ -66,7 +62,7 @@ _TICK_LABEL_MAX_CLASSES = 20
 _MARKER_MAX_EPOCHS = 25
 
 
-class ReportError(ValueError):
+class ReportError(errors.UserError):
     """A model_dir that cannot be reported on (the message says why, in one line)."""
 
 
@@ -92,60 +88,37 @@ class Run:
 
 # ------------------------------------------------------------------ metrics.csv
 def read_metrics(model_dir):
-    """Reads a run's metrics.csv into float arrays.
+    """Reads a run's metrics.csv into float arrays (`rundir.read_metrics`).
 
     Args:
       model_dir: the run directory.
 
     Returns:
       dict column -> float64 numpy array, one entry per epoch sorted by epoch; every
-      name of `METRIC_COLUMNS` is present (all-NaN when the file lacks the column), and
-      empty cells (val_* without a validation split, train_ac_loss without DAC) are NaN.
+      name of `rundir.METRIC_COLUMNS` is present (all-NaN when the file lacks the
+      column, so a file from an older version still plots what it has), and empty cells
+      (val_* without a validation split, train_ac_loss without DAC) are NaN.
 
     Raises:
       ReportError: no metrics.csv, an empty one, no epoch column, or a cell that is
         not a number.
     """
     path = os.path.join(model_dir, METRICS_FILE)
-    if not os.path.isdir(model_dir):
+    if not tf.io.gfile.isdir(model_dir):
         raise ReportError(f"--model_dir={model_dir!r} does not exist.")
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         raise ReportError(
             f"{model_dir!r} has no {METRICS_FILE} (expected a --model_dir written by "
             "`python -m dac_tf.train` that finished at least one epoch).")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            rows = list(reader)
-            header = reader.fieldnames
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ReportError(f"cannot read {path}: {e}") from None
-    if not header:
-        raise ReportError(f"{path} is empty (no header, no epochs).")
-    if "epoch" not in header:
-        raise ReportError(f"{path} has no 'epoch' column (header: {','.join(header)}).")
+        if not fileio.read_text(path).strip():
+            raise ReportError(f"{path} is empty (no header, no epochs).")
+        rows = rundir.read_metrics(model_dir)
+    except rundir.RunDirError as e:
+        raise ReportError(str(e)) from None
     if not rows:
         raise ReportError(f"{path} has a header but no epochs yet.")
-
-    columns = {name: np.full(len(rows), np.nan) for name in METRIC_COLUMNS}
-    for name in header:
-        if name and name not in columns:
-            columns[name] = np.full(len(rows), np.nan)
-    for i, row in enumerate(rows):
-        for name, cell in row.items():
-            if name is None or cell is None or cell.strip() == "":
-                continue  # a short row, an overlong one, or an empty cell
-            try:
-                columns[name][i] = float(cell)
-            except ValueError:
-                # Line i + 2: one for the header, one because lines count from 1.
-                raise ReportError(
-                    f"{path} line {i + 2}: column {name!r} holds {cell!r}, not a number."
-                ) from None
-    if not np.all(np.isfinite(columns["epoch"])):
-        raise ReportError(f"{path}: every row needs an epoch number.")
-    order = np.argsort(columns["epoch"], kind="stable")
-    return {name: values[order] for name, values in columns.items()}
+    return rundir.metrics_arrays(rows)
 
 
 def selection_key(metrics):
@@ -155,15 +128,12 @@ def selection_key(metrics):
       "val_robust_accuracy" when the run has a validation split (any value in that
       column), else "test_robust_accuracy".
     """
-    return ("val_robust_accuracy" if np.isfinite(metrics["val_robust_accuracy"]).any()
-            else "test_robust_accuracy")
+    return rundir.selection_key(np.isfinite(metrics["val_robust_accuracy"]).any())
 
 
 def best_epoch(metrics):
-    """The epoch of the best selection accuracy, as the training CLI picks it.
-
-    The training loop keeps a new best only when it is strictly better, so ties go to
-    the earliest epoch: the first maximum, which is what `np.nanargmax` returns.
+    """The epoch of the best selection accuracy, by the training loop's rule
+    (`rundir.best_epoch`: the first strict maximum).
 
     Args:
       metrics: the output of `read_metrics`.
@@ -172,10 +142,9 @@ def best_epoch(metrics):
       (epoch as int or None if the selection column is all empty, the selection key).
     """
     key = selection_key(metrics)
-    values = metrics[key]
-    if not np.isfinite(values).any():
-        return None, key
-    return int(metrics["epoch"][int(np.nanargmax(values))]), key
+    rows = [{"epoch": int(e), key: float(v)} for e, v in zip(metrics["epoch"], metrics[key])]
+    epoch, _ = rundir.best_epoch(rows, key)
+    return (epoch or None), key
 
 
 # ------------------------------------------------------------------------- runs
@@ -508,9 +477,15 @@ def compute_heatmaps(run, num_examples=1000):
     names = list(config.get("class_names") or splits.class_names)
     if len(names) != num_classes:
         names = [str(i) for i in range(num_classes)]
-    attack = dict(epsilon=float(config["epsilon"]), step_size=float(config["step_size"]),
-                  num_steps=int(config["num_steps"]), norm=config.get("norm", "linf"),
-                  start=config.get("attack_start", "uniform"))
+    # The run's selection attack (PGD-10 at the evaluation radius by default,
+    # `dac_tf.protocol`): the attack its robust accuracy curve is measured with. Runs
+    # written before the selection flags existed fall back to the training attack.
+    prefix = "select_" if config.get("select_epsilon") is not None else ""
+    attack = dict(epsilon=float(config[f"{prefix}epsilon"]),
+                  step_size=float(config[f"{prefix}step_size"]),
+                  num_steps=int(config["select_steps" if prefix else "num_steps"]),
+                  norm=config.get("norm", "linf"),
+                  start=config.get("select_start" if prefix else "attack_start", "uniform"))
     arrays = {"train": (splits.x_train, splits.y_train), "test": (splits.x_test, splits.y_test)}
 
     result = {"model_dir": os.path.abspath(run.model_dir), "label": run.label,
@@ -679,7 +654,14 @@ def make_report(model_dirs, output_dir=None, heatmaps=True, heatmap_examples=100
     runs = load_runs(model_dirs, labels)
     if output_dir is None:
         output_dir = os.path.join(model_dirs[0], PLOTS_DIR)
-    os.makedirs(output_dir, exist_ok=True)
+    if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
+        raise ReportError(f"--output_dir={output_dir} is a file; give a folder for the "
+                          "figures.")
+    try:
+        tf.io.gfile.makedirs(output_dir)
+    except (OSError, tf.errors.OpError) as e:
+        raise ReportError(f"--output_dir={output_dir} cannot be created: "
+                          f"{fileio.first_line(e)}.") from None
     written = [
         plot_robust_overfitting(runs, os.path.join(output_dir, ROBUST_OVERFITTING_FILE)),
         plot_adversarial_certainty(runs, os.path.join(output_dir, ADVERSARIAL_CERTAINTY_FILE)),
@@ -691,7 +673,7 @@ def make_report(model_dirs, output_dir=None, heatmaps=True, heatmap_examples=100
             except ReportError as e:
                 logging.warning("No heatmaps for %s: %s", run.model_dir, e)
                 continue
-            checkpoints.write_json_atomic(
+            fileio.write_json_atomic(
                 os.path.join(output_dir, f"heatmaps_{run.name}.json"), result)
             written.append(plot_heatmaps(
                 result, os.path.join(output_dir, f"heatmaps_{run.name}.png")))
@@ -699,44 +681,44 @@ def make_report(model_dirs, output_dir=None, heatmaps=True, heatmap_examples=100
 
 
 # --------------------------------------------------------------------------- CLI
-def define_flags():
-    """Defines the report's flags (idempotent).
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the report's flags on `flag_values` (idempotent).
 
-    Called only when this module is the program: the training CLI imports it and
-    already owns --model_dir, and absl refuses a flag defined twice.
+    Called only when this module is the program (or by a test with its own
+    `FlagValues`): the training CLI imports this module and owns --model_dir.
     """
-    if "heatmap_examples" in flags.FLAGS:
+    if "heatmap_examples" in flag_values:
         return
+    f = dict(flag_values=flag_values)
     flags.DEFINE_multi_string("model_dir", None, "A run directory written by "
-                              "dac_tf.train; repeat the flag to compare runs.")
+                              "dac_tf.train; repeat the flag to compare runs.", **f)
     flags.DEFINE_string("output_dir", None, "Where to write the figures (default: the "
-                        "first --model_dir's plots/).")
+                        "first --model_dir's plots/).", **f)
     flags.DEFINE_boolean("heatmaps", True, "Draw the adversarial softmax heatmaps (loads "
-                         "the checkpoints and the data, runs PGD).")
+                         "the checkpoints and the data, runs PGD).", **f)
     flags.DEFINE_integer("heatmap_examples", 1000, "Examples of each split attacked for "
-                         "the heatmaps.")
+                         "the heatmaps.", **f)
     flags.DEFINE_multi_string("label", None, "Run labels for legends, one per "
-                              "--model_dir (default: AT, AT+DAC, ... from config.json).")
+                              "--model_dir (default: AT, AT+DAC, ... from config.json).",
+                              **f)
 
 
-def main(argv):
+@cli.guard("figures already written stay; run the same command again for the rest.")
+def main(argv, flag_values=None):
+    """`python -m dac_tf.report`: prints the paths of the figures written."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
+        raise ReportError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
+                          "--name=value).")
+    if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    f = flags.FLAGS
-    try:
-        if not f.model_dir:
-            raise ReportError("give at least one --model_dir=RUN_DIR.")
-        paths = make_report(f.model_dir, output_dir=f.output_dir, heatmaps=f.heatmaps,
-                            heatmap_examples=f.heatmap_examples, labels=f.label)
-    except ReportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    f = flag_values
+    if not f.model_dir:
+        raise ReportError("give at least one --model_dir=RUN_DIR.")
+    paths = make_report(f.model_dir, output_dir=f.output_dir, heatmaps=f.heatmaps,
+                        heatmap_examples=f.heatmap_examples, labels=f.label)
     for path in paths:
         print(path)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

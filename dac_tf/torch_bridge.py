@@ -30,8 +30,10 @@ device, so the official code is run with `device="cpu"`.
 import numpy as np
 import tensorflow as tf
 
+from dac_tf import errors
 
-class BridgeError(RuntimeError):
+
+class BridgeError(errors.UserError):
     """torch or the official autoattack package is missing (the message says how to fix)."""
 
 

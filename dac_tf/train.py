@@ -12,14 +12,12 @@ augmentation of an epoch are a function of (seed, epoch), and the attacks' noise
 (seed, optimizer step), both restored from the checkpoint.
 """
 
-import csv
 import dataclasses
 import math
 import os
 import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 import keras
@@ -30,24 +28,23 @@ from dac_tf import __version__
 from dac_tf import attacks
 from dac_tf import certainty
 from dac_tf import checkpoints
+from dac_tf import cli
+from dac_tf import cluster
 from dac_tf import config as config_lib
 from dac_tf import data
+from dac_tf import errors
+from dac_tf import fileio
 from dac_tf import models
+from dac_tf import rundir
 from dac_tf import schedules
 from dac_tf.model import DACModel
 from dac_tf.optimizers import TorchSGD
 
-METRICS_FILE = "metrics.csv"
-STATE_FILE = "state.json"
-METRIC_COLUMNS = (
-    "epoch", "lr", "train_loss", "train_adv_accuracy", "train_ac", "train_ac_loss",
-    "val_clean_accuracy", "val_robust_accuracy", "val_ac",
-    "test_clean_accuracy", "test_robust_accuracy", "test_ac", "epoch_seconds")
 # Keys that --resume may change (anything else would make a different run).
-RESUME_MAY_CHANGE = ("epochs", "eval_examples", "max_steps_per_epoch", "jit_compile")
+RESUME_MAY_CHANGE = config_lib.RESUME_MAY_CHANGE
 
 
-class TrainingError(RuntimeError):
+class TrainingError(errors.UserError):
     """Training cannot go on (e.g. a non-finite loss); the message says where."""
 
 
@@ -60,10 +57,7 @@ def make_strategy(name, cpu_replicas=1):
     multi_worker: `MultiWorkerMirroredStrategy` configured by the TF_CONFIG variable.
     """
     if name == "multi_worker":
-        if not os.environ.get("TF_CONFIG"):
-            raise config_lib.ConfigError(
-                "--strategy=multi_worker needs the TF_CONFIG environment variable (cluster "
-                "and this task's type/index); see the README's multi-worker section.")
+        cluster.current_task()   # one-line errors for a missing or bad TF_CONFIG
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" and not gpus and cpu_replicas > 1:
@@ -88,34 +82,42 @@ def _split_cpu(count):
             "split; start a fresh process.")
 
 
-def is_chief(strategy):
-    """Whether this process writes files (always, except a non-chief multi-worker task)."""
-    resolver = getattr(strategy, "cluster_resolver", None)
-    if resolver is None or not resolver.cluster_spec().as_dict():
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type == "chief":
-        return True
-    return task_type == "worker" and task_id == 0 and "chief" not in resolver.cluster_spec().jobs
-
-
 # --------------------------------------------------------------- run directory
-def _prepare_model_dir(config):
-    """Creates model_dir, or checks that an existing run may be continued.
+def _task_writes_files(config):
+    """Whether this process owns the run directory (all but non-chief multi-worker tasks).
+
+    Read from TF_CONFIG before any strategy exists, so the lock is taken first.
+    """
+    return config.strategy != "multi_worker" or cluster.current_task().is_chief
+
+
+def _check_resumable(config, state):
+    """Whether `config` continues the run in `state` (an `rundir.inspect`); writes nothing.
 
     Returns:
-      True if an existing run is continued.
+      True if model_dir holds finished epochs that `config` may continue; False for a
+      fresh start (nothing there, or a start that never finished an epoch).
+
+    Raises:
+      RunDirError: the directory holds checkpoints but lacks what resuming needs.
+      ConfigError: it holds a run with other flags.
     """
-    path = checkpoints.config_path(config.model_dir)
-    if not os.path.exists(path):
-        os.makedirs(config.model_dir, exist_ok=True)
-        return False
-    saved = checkpoints.load_run_config(config.model_dir)
-    differing = config_lib.differing_keys(saved, config)
+    problems = rundir.resume_problems(state)
+    if not state.has_checkpoints and state.rows:
+        problems.append(f"{checkpoints.LAST_DIR}/ is empty but {rundir.METRICS_FILE} has "
+                        f"{len(state.rows)} epoch(s)")
+    if problems:
+        raise rundir.RunDirError(
+            f"--model_dir={config.model_dir} cannot be resumed: {'; '.join(problems)}. "
+            "Nothing was changed. Restore the missing files from a backup, or move the "
+            "directory away (or choose another --model_dir) to start afresh.")
+    if not state.has_checkpoints:
+        return False   # no finished epoch: any flags may start it afresh
+    differing = config_lib.differing_keys(state.config, config)
     if differing:
         allowed = config.resume and all(k in RESUME_MAY_CHANGE for k in differing)
         if not allowed:
-            shown = ", ".join(f"--{k}: {saved.get(k)!r} -> {getattr(config, k, None)!r}"
+            shown = ", ".join(f"--{k}: {state.config.get(k)!r} -> {getattr(config, k, None)!r}"
                               for k in differing)
             hint = (f"--resume may only change {', '.join(RESUME_MAY_CHANGE)}"
                      if config.resume else "pass --resume to continue it with "
@@ -126,50 +128,44 @@ def _prepare_model_dir(config):
     return True
 
 
+def _remove_leftovers(model_dir):
+    """Deletes what killed processes leave: temporary files, TensorFlow's `ckpt-N_temp`
+    checkpoint folders, and the scratch folders of multi-worker tasks."""
+    removed = fileio.remove_temporaries(model_dir)
+    for sub in (checkpoints.LAST_DIR, checkpoints.BEST_DIR):
+        directory = os.path.join(model_dir, sub)
+        if tf.io.gfile.isdir(directory):
+            for name in tf.io.gfile.listdir(directory):
+                if "_temp" in name:
+                    tf.io.gfile.rmtree(os.path.join(directory, name.rstrip("/")))
+                    removed.append(name)
+    for name in tf.io.gfile.listdir(model_dir):
+        if name.startswith(".worker_"):
+            tf.io.gfile.rmtree(os.path.join(model_dir, name.rstrip("/")))
+            removed.append(name)
+    return removed
+
+
 def _write_run_files(config, splits):
     run = config.to_json_dict()
     run.update(num_classes=splits.num_classes, input_shape=list(splits.image_shape),
                class_names=list(splits.class_names), dac_tf_version=__version__)
-    checkpoints.write_json_atomic(checkpoints.config_path(config.model_dir), run)
-    tmp = os.path.join(config.model_dir, checkpoints.FLAGS_FILE + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(config_lib.flagfile_text(config))
-    os.replace(tmp, os.path.join(config.model_dir, checkpoints.FLAGS_FILE))
+    fileio.write_json_atomic(checkpoints.config_path(config.model_dir), run)
+    fileio.write_atomic(os.path.join(config.model_dir, checkpoints.FLAGS_FILE),
+                        config_lib.flagfile_text(config))
 
 
 def read_metrics(model_dir):
-    """Rows of metrics.csv as dicts of strings ([] if absent)."""
-    path = os.path.join(model_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _write_metrics(model_dir, rows):
-    path = os.path.join(model_dir, METRICS_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-    os.replace(tmp, path)
-
-
-def _fmt(value):
-    if value is None or value == "":
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
+    """metrics.csv rows (`rundir.read_metrics`)."""
+    return rundir.read_metrics(model_dir)
 
 
 # ------------------------------------------------------------------ evaluation
 def make_robust_evaluator(model, config, strategy):
-    """The reference's per-epoch evaluation: clean and PGD accuracy and AC, BN in
-    inference mode, attack = the training attack's eps / step / steps / start with the
-    cross-entropy loss.
+    """The per-epoch evaluation that selects `best`: clean and PGD accuracy and AC, BN in
+    inference mode, the cross-entropy loss, and the selection attack of `config`
+    (`config.selection`; by default the AT reference's PGD-10, step eps/4, uniform start,
+    at the evaluation radius: `dac_tf.protocol`).
 
     Returns:
       evaluate(x, y, epoch) -> dict(clean_accuracy, robust_accuracy, ac).
@@ -180,9 +176,9 @@ def make_robust_evaluator(model, config, strategy):
         labels = tf.cast(labels, tf.int32)
         logits_fn = lambda t: tf.cast(model(t, training=False), tf.float32)  # noqa: E731
         clean_logits = logits_fn(images)
-        adv = attacks.pgd(logits_fn, images, labels, epsilon=config.epsilon,
-                          step_size=config.step_size, num_steps=config.num_steps,
-                          norm=config.norm, loss="ce", start=config.attack_start, seed=seed)
+        adv = attacks.pgd(logits_fn, images, labels, epsilon=config.select_epsilon,
+                          step_size=config.select_step_size, num_steps=config.select_steps,
+                          norm=config.norm, loss="ce", start=config.select_start, seed=seed)
         adv_logits = logits_fn(adv)
         correct = lambda z: tf.reduce_sum(  # noqa: E731
             tf.cast(tf.equal(tf.argmax(z, -1, output_type=tf.int32), labels), tf.float32))
@@ -217,16 +213,23 @@ def build_training(config, splits, strategy, steps_per_epoch):
     """Builds base model, DACModel, optimizer and checkpoint objects inside the strategy."""
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        base = models.build(config.arch, num_classes=splits.num_classes,
-                            input_shape=splits.image_shape,
-                            normalization=None if config.normalization == "none"
-                            else config.normalization, **config.arch_kwargs)
+        try:
+            base = models.build(config.arch, num_classes=splits.num_classes,
+                                input_shape=splits.image_shape,
+                                normalization=None if config.normalization == "none"
+                                else config.normalization, **config.arch_kwargs)
+        except (ValueError, TypeError) as e:   # the zoo's own checks of its arguments
+            raise config_lib.ConfigError(
+                f"--arch={config.arch} cannot be built for the {splits.image_shape} images "
+                f"and {splits.num_classes} classes of --dataset={config.dataset} "
+                f"(--normalization={config.normalization}): {fileio.first_line(e)}"
+            ) from None
         model = DACModel(
             base, method=config.method, use_dac=config.use_dac, ac_step=config.ac_step,
             ac_measure=config.ac_measure, epsilon=config.epsilon, step_size=config.step_size,
             num_steps=config.num_steps, norm=config.norm, beta=config.beta,
             random_start=config.random_start, weight_decay=config.weight_decay,
-            seed=config.seed)
+            reference_bn_updates=config.reference_bn_updates, seed=config.seed)
         schedule = schedules.build(config.lr_schedule, config.lr, config.epochs,
                                    steps_per_epoch)
         optimizer = TorchSGD(learning_rate=schedule, momentum=config.momentum)
@@ -275,6 +278,8 @@ def _custom_loop_epoch(model, strategy, config):
         strategy.run(model.train_step, args=(next(iterator),))
 
     names = ["loss", "adv_accuracy", "adv_certainty"] + (["ac_loss"] if model.use_dac else [])
+    if model.reference_bn_updates and model.method == "at":
+        names.append("clean_accuracy")   # the reference's clean train-mode forward
 
     def run(train_ds, steps):
         for metric in model.metrics:
@@ -301,7 +306,7 @@ def _epoch_row(epoch, lr, logs, val, test, seconds):
     row = {"epoch": epoch, "lr": lr, "train_loss": logs.get("loss"),
            "train_adv_accuracy": logs.get("adv_accuracy"),
            "train_ac": logs.get("adv_certainty"), "train_ac_loss": logs.get("ac_loss"),
-           "epoch_seconds": seconds}
+           "train_clean_accuracy": logs.get("clean_accuracy"), "epoch_seconds": seconds}
     for prefix, result in (("val", val), ("test", test)):
         if result is not None:
             row[f"{prefix}_clean_accuracy"] = result["clean_accuracy"]
@@ -316,25 +321,95 @@ def train_and_evaluate(config):
     Returns:
       dict: best_epoch, best selection robust accuracy, the last epoch's metrics row, and
       the paths written.
+
+    Raises:
+      ConfigError, DatasetError, RunDirError, CheckpointError, TrainingError: one-line
+        errors a user can fix. A start that fails before its first epoch leaves no run
+        directory behind (nor a lock); an existing run is never modified by a refusal.
     """
     if config.strategy == "mirrored" and config.cpu_replicas > 1 and not tf.config.list_physical_devices("GPU"):
         _split_cpu(config.cpu_replicas)   # before any op initialises the devices
-    continuing = _prepare_model_dir(config)
+    owner = _task_writes_files(config)
+    # Everything that can refuse the start runs before the first write (data included),
+    # so a refused start leaves no trace.
+    state = rundir.inspect(config.model_dir)
+    continuing = _check_resumable(config, state)
+    if continuing and state.finished_epoch >= config.epochs:
+        return _complete(config, state)
     splits = data.load(config.dataset, data_dir=config.data_dir, val_size=config.val_size,
                        seed=config.seed)
     if len(splits.y_train) == 0 or len(splits.y_test) == 0:
-        raise data.DatasetError(f"--dataset={config.dataset}: the training or test split is "
-                                "empty.")
+        raise data.DatasetError(f"--dataset={config.dataset}: the training or test split "
+                                "is empty.")
+    _check_against_data(config, splits)
     steps = data.steps_per_epoch(len(splits.y_train), config.batch_size)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
 
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.mixed_precision)
+    created = _first_missing_ancestor(config.model_dir)
     try:
-        return _run(config, splits, steps, continuing)
+        tf.io.gfile.makedirs(config.model_dir)
+    except (OSError, tf.errors.OpError) as e:
+        raise rundir.RunDirError(f"--model_dir={config.model_dir} cannot be created: "
+                                 f"{fileio.first_line(e)}.") from None
+    lock = rundir.RunLock(config.model_dir)
+    try:
+        if owner:
+            lock.acquire()
+            # Another process may have written the run since the first look.
+            continuing = _check_resumable(config, rundir.inspect(config.model_dir))
+            _remove_leftovers(config.model_dir)
+        previous_policy = keras.mixed_precision.global_policy()
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+        try:
+            return _run(config, splits, steps, continuing, owner)
+        finally:
+            keras.mixed_precision.set_global_policy(previous_policy)
+    except BaseException:
+        # A start that fails before its first epoch is saved leaves nothing behind (and
+        # so does not block a corrected command); a run with saved epochs is kept.
+        lock.release()
+        if created and owner and not rundir.inspect(config.model_dir).has_checkpoints:
+            tf.io.gfile.rmtree(created)
+        raise
     finally:
-        keras.mixed_precision.set_global_policy(previous_policy)
+        lock.release()
+
+
+def _first_missing_ancestor(path):
+    """The outermost folder of `path` that does not exist yet (what makedirs creates),
+    or None when `path` exists."""
+    path = os.path.normpath(path)
+    missing = None
+    while path and not tf.io.gfile.exists(path):
+        missing = path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _check_against_data(config, splits):
+    """Flags that are valid alone but not for this data set's images."""
+    height, width = splits.image_shape[:2]
+    if config.augment == "reflect" and config.pad >= min(height, width):
+        raise config_lib.ConfigError(
+            f"--pad={config.pad} is too large for the {height}x{width} images of "
+            f"--dataset={config.dataset} with --augment=reflect (reflect padding needs pad "
+            f"< {min(height, width)}); lower --pad or use --augment=zero or none.")
+
+
+def _complete(config, state):
+    """A rerun of a finished run: report it, change nothing (not even the plots)."""
+    key = rundir.selection_key(config.val_size > 0)
+    best, value = rundir.best_epoch(state.rows, key)
+    print(f"{config.model_dir} is complete: {state.finished_epoch} of "
+          f"{state.config.get('epochs')} epochs (best = epoch {best}, {key} {value:.4f}). "
+          "Nothing to do; to train longer pass --resume --epochs=N with a larger N.",
+          flush=True)
+    return {"best_epoch": best, "best_" + key: value, "model_dir": config.model_dir,
+            "last": dict(state.rows[-1]) if state.rows else None, "complete": True}
 
 
 def _restore_latest(checkpoint, manager):
@@ -349,9 +424,8 @@ def _restore_latest(checkpoint, manager):
             checkpoint.restore(path).assert_existing_objects_matched()
             return path
         except Exception as e:  # noqa: BLE001 -- a damaged file raises all sorts (IndexError...)
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            print(f"warning: checkpoint {path} is unreadable ({reason}); trying the one "
-                  "before it.", file=sys.stderr, flush=True)
+            print(f"warning: checkpoint {path} is unreadable ({fileio.first_line(e)}); "
+                  "trying the one before it.", file=sys.stderr, flush=True)
     if manager.checkpoints:
         raise checkpoints.CheckpointError(
             f"no readable checkpoint in {manager.directory}; move the directory away to "
@@ -359,9 +433,14 @@ def _restore_latest(checkpoint, manager):
     return None
 
 
-def _run(config, splits, steps, continuing):
+def _run(config, splits, steps, continuing, chief):
     strategy = make_strategy(config.strategy, config.cpu_replicas)
-    chief = is_chief(strategy)
+    if config.batch_size < strategy.num_replicas_in_sync:
+        raise config_lib.ConfigError(
+            f"--batch_size={config.batch_size} is smaller than the "
+            f"{strategy.num_replicas_in_sync} replicas training it (GPUs, --cpu_replicas or "
+            "workers): the global batch is split over them; use --batch_size >= "
+            f"{strategy.num_replicas_in_sync}.")
     base, model, optimizer, epoch_var = build_training(config, splits, strategy, steps)
     last_ckpt = tf.train.Checkpoint(model=base, optimizer=optimizer, epoch=epoch_var)
     # Every multi-worker task takes part in a save; only the chief's lands in model_dir
@@ -377,19 +456,26 @@ def _run(config, splits, steps, continuing):
     best_manager = tf.train.CheckpointManager(
         best_ckpt, os.path.join(write_dir, checkpoints.BEST_DIR), max_to_keep=1)
 
+    has_val = len(splits.y_val) > 0
+    select_key = rundir.selection_key(has_val)
     rows = []
     if continuing and _restore_latest(last_ckpt, last_manager):
-        rows = [r for r in read_metrics(config.model_dir) if int(r["epoch"]) <= int(epoch_var.numpy())]
-        print(f"Resuming {config.model_dir} from epoch {int(epoch_var.numpy())}.", flush=True)
+        restored = int(epoch_var.numpy())
+        rows = [r for r in rundir.read_metrics(config.model_dir) if r["epoch"] <= restored]
+        status, best = rundir.best_checkpoint_status(
+            rows, restored, rundir.inspect(config.model_dir).best_epochs, select_key)
+        if status == "missing":
+            raise rundir.RunDirError(
+                f"--model_dir={config.model_dir} cannot be resumed: "
+                f"{checkpoints.BEST_DIR}/ lacks the checkpoint of epoch {best}, the best "
+                f"epoch by {select_key} in {rundir.METRICS_FILE}. Nothing was changed. "
+                "Restore it from a backup, or move the directory away to start afresh.")
+        if status == "resave":   # killed between the epoch's last and best saves
+            best_manager.save(checkpoint_number=restored)
+        print(f"Resuming {config.model_dir} from epoch {restored}.", flush=True)
     if chief:
         _write_run_files(config, splits)
-
-    has_val = len(splits.y_val) > 0
-    select_key = "val_robust_accuracy" if has_val else "test_robust_accuracy"
-    best_epoch, best_value = 0, -1.0
-    for r in rows:
-        if r.get(select_key) not in (None, "") and float(r[select_key]) > best_value:
-            best_epoch, best_value = int(r["epoch"]), float(r[select_key])
+    best_epoch, best_value = rundir.best_epoch(rows, select_key)
 
     evaluate = make_robust_evaluator(base, config, strategy)
     writer = tf.summary.create_file_writer(os.path.join(write_dir, "tensorboard"))
@@ -415,16 +501,18 @@ def _run(config, splits, steps, continuing):
         test = evaluate(splits.x_test, splits.y_test, epoch)
         seconds = time.time() - began
         row = _epoch_row(epoch + 1, lr, logs, val, test, seconds)
-
-        epoch_var.assign(epoch + 1)
-        selection = row[select_key]
-        if selection > best_value:
-            best_epoch, best_value = epoch + 1, selection
-            best_manager.save(checkpoint_number=epoch + 1)
-        save_manager.save(checkpoint_number=epoch + 1)
         rows.append(row)
+
+        # Order matters for resuming after a kill at any point: the metrics row first
+        # (rows beyond the restored checkpoint are dropped), then `last`, then `best`
+        # (a missing best of the restored epoch is saved again from `last`).
+        epoch_var.assign(epoch + 1)
         if chief:
-            _write_metrics(config.model_dir, rows)
+            rundir.write_metrics(config.model_dir, rows)
+        save_manager.save(checkpoint_number=epoch + 1)
+        if row[select_key] > best_value:
+            best_epoch, best_value = epoch + 1, row[select_key]
+            best_manager.save(checkpoint_number=epoch + 1)
         with writer.as_default(step=epoch + 1):
             for key, value in row.items():
                 if key != "epoch" and value is not None:
@@ -437,14 +525,14 @@ def _run(config, splits, steps, continuing):
     if not chief:
         tf.io.gfile.rmtree(write_dir)
         return summary
-    checkpoints.write_json_atomic(os.path.join(config.model_dir, "summary.json"), summary)
+    fileio.write_json_atomic(os.path.join(config.model_dir, rundir.SUMMARY_FILE), summary)
     if config.report and rows:
         plots = _report(config.model_dir)
     summary["plots"] = plots
     print(f"\nModel (best = epoch {best_epoch}, last = epoch {len(rows)}): "
           f"{os.path.join(config.model_dir, checkpoints.BEST_DIR)} and "
           f"{os.path.join(config.model_dir, checkpoints.LAST_DIR)}\n"
-          f"Metrics: {os.path.join(config.model_dir, METRICS_FILE)} "
+          f"Metrics: {rundir.metrics_path(config.model_dir)} "
           f"(TensorBoard: {os.path.join(config.model_dir, 'tensorboard')})\n"
           f"Plots: {', '.join(plots) if plots else 'none'}", flush=True)
     return summary
@@ -469,23 +557,45 @@ def _report(model_dir):
         return []
 
 
-def main(argv):
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the training flags on `flag_values` (`dac_tf.config` owns them)."""
+    config_lib.define_flags(flag_values)
+
+
+def _model_dir_of_flagfile(argv, flag_values):
+    """`--flagfile=RUN/flags.cfg` without `--model_dir` reruns RUN where it now is.
+
+    flags.cfg does not record --model_dir, so a run directory can be moved or copied.
+    """
+    if flag_values["model_dir"].present:
+        return None
+    for arg in argv[1:]:
+        if arg.startswith("--flagfile="):
+            path = arg[len("--flagfile="):]
+            directory = os.path.dirname(os.path.abspath(path))
+            if (os.path.basename(path) == checkpoints.FLAGS_FILE
+                    and os.path.exists(checkpoints.config_path(directory))):
+                return directory
+    return None
+
+
+@cli.guard("the epochs finished so far are saved; run the same command again to "
+           "continue from the last one.")
+def main(argv, flag_values=None):
+    """`python -m dac_tf.train`: reads the flags once and trains (`train_and_evaluate`)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:
+        raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])} (flags "
+                                     "are written --name=value).")
+    if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)   # TF's checkpoint INFO lines drown the log
-    if flags.FLAGS.deterministic:
+    config = config_lib.from_flags(flag_values)
+    moved = _model_dir_of_flagfile(sys.argv, flag_values)
+    if moved:
+        config = dataclasses.replace(config, model_dir=moved)
+    if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    try:
-        config = config_lib.from_flags(flags.FLAGS)
-        train_and_evaluate(config)
-    except (config_lib.ConfigError, data.DatasetError, checkpoints.CheckpointError,
-            TrainingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    train_and_evaluate(config)
 
-
-config_lib.define_flags()
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, define_flags)

@@ -21,6 +21,7 @@ from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient
 
 from dac_tf import checkpoints
 from dac_tf import data
+from dac_tf import fileio
 from dac_tf import eval_attacks
 from dac_tf import evaluate
 from dac_tf import models
@@ -58,7 +59,7 @@ def run_dir(trained, tmp_path_factory):
     """A training run directory as dac_tf.train lays it out (config.json, best/, last)."""
     model_dir = str(tmp_path_factory.mktemp("run") / "digits_run")
     os.makedirs(model_dir)
-    checkpoints.write_json_atomic(checkpoints.config_path(model_dir), dict(
+    fileio.write_json_atomic(checkpoints.config_path(model_dir), dict(
         arch="small_cnn", num_classes=10, input_shape=[8, 8, 1], normalization="none",
         dataset="digits", epsilon=EPS, norm="linf", arch_kwargs=dict(widths=list(WIDTHS))))
     ckpt = tf.train.Checkpoint(model=trained)
@@ -465,16 +466,63 @@ def test_cli_rejects_missing_paths_and_dataset_mismatch(run_dir, tmp_path, capsy
     assert code == 2 and len(err) == 1 and "no such directory" in err[0]
     code, err = _main([f"--output={tmp_path / 'r.json'}"], capsys)
     assert code == 2 and len(err) == 1 and "--model" in err[0]
-    code, err = _main([f"--model={run_dir}", f"--model={run_dir}"], capsys)
-    assert code == 2 and len(err) == 1 and "--output is required" in err[0]
     code, err = _main([f"--model={run_dir}", f"--output={tmp_path / 'r.json'}",
                        "--dataset=npz:/does/not/exist.npz"], capsys)
     assert code == 2 and len(err) == 1
 
 
-def test_cli_default_output_of_one_training_run(run_dir):
+def test_cli_default_outputs(run_dir, tmp_path):
     config = _config([f"--model={run_dir}", "--checkpoint=last"])
     assert config.output == os.path.join(run_dir, "eval_last.json")
+    # Several models, or a SavedModel: results/<names>.json in the current directory,
+    # never inside an export.
+    config = _config([f"--model={run_dir}", f"--model={run_dir}", "--checkpoint=last,best"])
+    assert config.output == os.path.join("results", "digits_run_last-digits_run_best.json")
+    config = _config([f"--model={tmp_path / 'export' / 'at_dac'}"])
+    assert config.output == os.path.join("results", "at_dac.json")
+
+
+@pytest.mark.parametrize("case", ["directory", "parent_is_file", "read_only"])
+def test_unwritable_outputs_fail_in_one_line_before_any_attack(run_dir, tmp_path, capsys,
+                                                               monkeypatch, case):
+    if case == "directory":
+        output, needle = tmp_path, "is a directory"
+    elif case == "parent_is_file":
+        (tmp_path / "file").write_text("x")
+        output, needle = tmp_path / "file" / "r.json", "cannot be written"
+    else:   # the default output inside a read-only run directory
+        import errno
+        output, needle = None, "Read-only file system"
+        write_atomic = fileio.write_atomic
+
+        def read_only(path, content):
+            if str(path).startswith(str(run_dir)):
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return write_atomic(path, content)
+
+        monkeypatch.setattr(fileio, "write_atomic", read_only)
+    calls = []
+    monkeypatch.setattr(evaluate, "load_logits_fn", lambda *a: calls.append(a))
+    argv = [f"--model={run_dir}"] + ([f"--output={output}"] if output else [])
+    code, err = _main(argv, capsys)
+    assert code == 2 and len(err) == 1 and needle in err[0] and "--output" in err[0], err
+    assert not calls          # refused before loading the model or running an attack
+
+
+def test_hand_edited_resume_json_is_a_one_line_error(run_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    argv = [f"--model={run_dir}", "--attacks=clean", "--num_examples=8", f"--output={out}",
+            "--noprogress"]
+    evaluate.run(_config(argv))
+    record = json.loads(out.read_text())
+    for damage in ({"robust_flags": 5}, {"robust_flags": {"clean": "10x"}},
+                   {"attack_settings": []}):
+        out.write_text(json.dumps(dict(record, **damage)))
+        code, err = _main([*argv, "--resume"], capsys)
+        assert code == 2 and len(err) == 1 and "--resume cannot reuse it" in err[0], err
+    out.write_text("{not json")
+    code, err = _main([*argv, "--resume"], capsys)
+    assert code == 2 and len(err) == 1 and str(out) in err[0]
 
 
 def test_cli_two_models_one_table_and_resume(run_dir, tmp_path, capsys):
@@ -494,6 +542,40 @@ def test_cli_two_models_one_table_and_resume(run_dir, tmp_path, capsys):
     records2, _ = evaluate.run(_config([*argv, "--resume"]))
     for a, b in zip(records, records2):
         assert a["accuracy"] == b["accuracy"] and a["seconds"] == b["seconds"]
+
+
+def test_resume_never_reuses_results_of_other_weights(run_dir, trained, tmp_path):
+    """`last` moved on (ckpt-1 -> ckpt-2) with the same clean predictions: the stored
+    attack results belong to the old weights and must be recomputed, not reused."""
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    out = tmp_path / "last.json"
+    argv = [f"--model={run}", "--checkpoint=last", "--attacks=clean,pgd3",
+            "--num_examples=40", "--batch_size=8", f"--output={out}", "--noprogress"]
+    first, _ = evaluate.run(_config(argv))
+
+    # Same argmax everywhere (logits scaled by 3), other gradients: a new `last`.
+    moved = keras.models.clone_model(trained)
+    moved.set_weights([w * 3 if i >= len(trained.weights) - 2 else w
+                       for i, w in enumerate(trained.get_weights())])
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=moved),
+                                         str(run / checkpoints.LAST_DIR), max_to_keep=1)
+    manager.save(checkpoint_number=2)
+    resumed, _ = evaluate.run(_config([*argv, "--resume"]))
+    fresh, _ = evaluate.run(_config([a for a in argv if not a.startswith("--output")]
+                                    + [f"--output={tmp_path / 'fresh.json'}"]))
+    assert resumed[0]["robust_flags"]["__clean__"] == first[0]["robust_flags"]["__clean__"]
+    assert resumed[0]["checkpoint_path"].endswith("ckpt-2")
+    assert resumed[0]["model_fingerprint"] != first[0]["model_fingerprint"]
+    assert resumed[0]["seconds"]["pgd3"] != first[0]["seconds"]["pgd3"]   # recomputed
+    assert resumed[0]["robust_flags"]["pgd3"] == fresh[0]["robust_flags"]["pgd3"]
+
+    # Other examples under the same flags (the data file changed): not reused either.
+    record = dict(first[0], data_fingerprint="0" * 64)
+    info = dict(first[0])
+    assert evaluate._matching_previous([record], info) is None
+    assert evaluate._matching_previous([first[0]], info) is first[0]
 
 
 def test_attacks_differing_only_in_numbers_share_one_graph():

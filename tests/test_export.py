@@ -21,6 +21,7 @@ import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
 from dac_tf import checkpoints
+from dac_tf import fileio
 from dac_tf import export
 from dac_tf import models
 
@@ -72,7 +73,7 @@ def _config(**overrides):
 
 def _make_run(path, best, last=None, **config):
     os.makedirs(path)
-    checkpoints.write_json_atomic(checkpoints.config_path(str(path)), _config(**config))
+    fileio.write_json_atomic(checkpoints.config_path(str(path)), _config(**config))
     _save_checkpoint(best, os.path.join(path, checkpoints.BEST_DIR))
     _save_checkpoint(last or best, os.path.join(path, checkpoints.LAST_DIR))
     return str(path)
@@ -97,7 +98,7 @@ def run(tmp_path_factory):
     model_dir = _make_run(root / "run", best, last)
     evaluation = {"model": "run (best)", "accuracy": {"clean": 0.75, "pgd20": 0.5},
                   "epsilon": EPSILON, "epsilon_255": 8.0}
-    checkpoints.write_json_atomic(os.path.join(model_dir, "eval_best.json"), evaluation)
+    fileio.write_json_atomic(os.path.join(model_dir, "eval_best.json"), evaluation)
     return dict(root=root, model_dir=model_dir, best=best, last=last, evaluation=evaluation)
 
 
@@ -363,7 +364,7 @@ def test_parse_version_rejects_anything_else(value):
 def test_bad_runs_are_one_line_cli_errors(run, tmp_path):
     no_checkpoint = str(tmp_path / "no_checkpoint")
     os.makedirs(no_checkpoint)
-    checkpoints.write_json_atomic(checkpoints.config_path(no_checkpoint), _config())
+    fileio.write_json_atomic(checkpoints.config_path(no_checkpoint), _config())
     # config.json says 5 classes; the checkpoint holds a 10-class network.
     wrong_arch = _make_run(tmp_path / "wrong_arch", run["best"], num_classes=5,
                            class_names=list("abcde"))
@@ -395,7 +396,7 @@ def test_library_errors_are_one_line_export_errors(run, tmp_path):
     no_arch = _make_run(tmp_path / "no_arch", run["best"])
     config = _config()
     del config["arch"]
-    checkpoints.write_json_atomic(checkpoints.config_path(no_arch), config)
+    fileio.write_json_atomic(checkpoints.config_path(no_arch), config)
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     base = str(tmp_path / "export" / "x")

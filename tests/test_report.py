@@ -14,13 +14,15 @@ import pytest
 import tensorflow as tf
 
 from dac_tf import checkpoints
+from dac_tf import rundir
 from dac_tf import data
+from dac_tf import fileio
 from dac_tf import models
 from dac_tf import report
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-COLUMNS = report.METRIC_COLUMNS
+COLUMNS = rundir.METRIC_COLUMNS
 
 
 def write_metrics(model_dir, num_epochs=12, with_val=True, use_dac=True, seed=0):
@@ -37,7 +39,7 @@ def write_metrics(model_dir, num_epochs=12, with_val=True, use_dac=True, seed=0)
         test_robust = 0.2 + 0.3 * np.sin(np.pi * epoch / num_epochs) + 0.02 * rng.random()
         row = {"epoch": epoch, "lr": 0.1, "train_loss": 2.0 / epoch,
                "train_adv_accuracy": train_adv, "train_ac": 1.0 + 0.1 * epoch,
-               "train_ac_loss": 0.3 if use_dac else None,
+               "train_ac_loss": 0.3 if use_dac else None, "train_clean_accuracy": None,
                "val_clean_accuracy": None, "val_robust_accuracy": None, "val_ac": None,
                "test_clean_accuracy": min(1.0, test_robust + 0.3),
                "test_robust_accuracy": test_robust, "test_ac": 1.2 + 0.05 * epoch,
@@ -112,7 +114,7 @@ def test_labels_come_from_the_config_and_collisions_get_the_dir_name(tmp_path):
     dirs = [str(tmp_path / n) for n in ("a", "b", "c")]
     for d, use_dac in zip(dirs, (False, True, True)):
         write_metrics(d, num_epochs=2)
-        checkpoints.write_json_atomic(checkpoints.config_path(d),
+        fileio.write_json_atomic(checkpoints.config_path(d),
                                       {"method": "at", "use_dac": use_dac})
     labels = [r.label for r in report.load_runs(dirs)]
     assert labels == ["AT", "AT+DAC (b)", "AT+DAC (c)"]
@@ -238,7 +240,7 @@ def _fabricate_run(model_dir, num_epochs=3, best=2):
               "normalization": "none", "method": "at", "use_dac": True,
               "epsilon": 32 / 255, "step_size": 8 / 255, "num_steps": 2, "norm": "linf",
               "attack_start": "uniform", "class_names": [str(i) for i in range(10)]}
-    checkpoints.write_json_atomic(checkpoints.config_path(model_dir), config)
+    fileio.write_json_atomic(checkpoints.config_path(model_dir), config)
     write_metrics(model_dir, num_epochs=num_epochs)
     best_model = models.build("small_cnn", num_classes=10, input_shape=(8, 8, 1))
     best_model.set_weights(best_weights)

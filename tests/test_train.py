@@ -13,6 +13,7 @@ import pytest
 
 from dac_tf import checkpoints
 from dac_tf import config as config_lib
+from dac_tf import rundir
 from dac_tf import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +111,7 @@ def test_end_to_end_run_writes_everything(tmp_path):
     with open(model_dir / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert set(train.METRIC_COLUMNS) == set(rows[0])
+    assert set(rundir.METRIC_COLUMNS) == set(rows[0])
     for r in rows:
         assert 0 <= float(r["val_robust_accuracy"]) <= float(r["val_clean_accuracy"]) <= 1
         assert float(r["train_ac"]) > 0 and float(r["train_ac_loss"]) > 0
@@ -121,10 +122,19 @@ def test_end_to_end_run_writes_everything(tmp_path):
     assert len(weights(model_dir, "best")) == len(weights(model_dir, "last"))
     assert "Metrics:" in result.stdout and "Plots:" in result.stdout
 
-    # flags.cfg reruns the same run: accepted as identical (nothing left to train).
-    rerun = run_cli([f"--flagfile={model_dir}/flags.cfg"])
+    # flags.cfg (which does not hard-code --model_dir) reruns the run where it now is:
+    # accepted as identical, reported complete, and nothing is rewritten.
+    moved = tmp_path / "moved"
+    os.rename(model_dir, moved)
+    before = {p: p.read_bytes() for p in moved.rglob("*") if p.is_file()}
+    assert not [line for line in (moved / "flags.cfg").read_text().splitlines()
+                if line.startswith("--model_dir")]
+    rerun = run_cli([f"--flagfile={moved}/flags.cfg"])
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "Resuming" in rerun.stdout and "Epoch 1/" not in rerun.stdout
+    assert f"{moved} is complete: 2 of 2 epochs" in rerun.stdout
+    assert "Epoch 1/" not in rerun.stdout
+    assert {p: p.read_bytes() for p in moved.rglob("*") if p.is_file()} == before
+    os.rename(moved, model_dir)
 
     # Same model_dir, different flags: refused without --resume.
     again = run_cli(tiny_flags(model_dir, lr=0.01))
@@ -207,8 +217,10 @@ def test_config_files_resolve_and_paper_rows_equal_the_reference(name):
     if name == "quickstart.cfg":
         assert config.dataset == "digits" and config.use_dac
         return
+    # The reference's values, plus its BatchNorm-only passes (off in the library).
     reference = config_lib.resolve({"method": values["method"], "use_dac": values["use_dac"],
-                                    "arch": values["arch"], "dataset": "cifar10"})
+                                    "arch": values["arch"], "dataset": "cifar10",
+                                    "reference_bn_updates": True})
     differing = config_lib.differing_keys(
         json.loads(json.dumps(reference.to_json_dict())), config)
     assert differing == []

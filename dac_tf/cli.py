@@ -1,0 +1,110 @@
+"""What every dac_tf command-line program shares: flag parsing and error reporting.
+
+`python -m dac_tf.X` programs are thin: they define their flags on a `FlagValues`, read
+them once into a config, and call the library. This module turns what a user can get
+wrong into one line on stderr instead of a traceback:
+
+- a flag that does not parse (`--seed=1e20`, a missing `--flagfile`): `error: ...`, exit 2;
+- a `dac_tf.errors.UserError` from the library: `error: ...`, exit 2;
+- a file that cannot be written or read (full disk, read-only mount, permissions):
+  `error: ...` naming the file, exit 2;
+- Ctrl-C: one line saying how to continue, exit 130 (the shell's code for SIGINT).
+"""
+
+import errno
+import functools
+import sys
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from dac_tf import errors
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+# OS errors that mean "the file system refused", which a user fixes (space, permissions,
+# a path that is a file), as opposed to a bug.
+_FILESYSTEM_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                      errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EDQUOT, errno.EIO}
+_FILESYSTEM_OP_ERRORS = (tf.errors.PermissionDeniedError, tf.errors.ResourceExhaustedError,
+                         tf.errors.NotFoundError, tf.errors.AlreadyExistsError)
+_FILESYSTEM_MESSAGES = ("No space left", "Read-only file system", "Permission denied",
+                        "Disk quota exceeded", "Is a directory", "Not a directory")
+
+
+def one_line(text):
+    """`text` with its lines joined, so an error is one line on a terminal or in a log."""
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def fail(message, code=EXIT_USER_ERROR):
+    print(f"error: {one_line(message)}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def _flag_error_text(error):
+    text = one_line(error)
+    text = text.replace("ERROR:: Unable to open flagfile: ", "cannot open the --flagfile: ")
+    if text.startswith("flag --"):
+        text = text[len("flag "):]
+    return f"{text} (see --helpfull for the flags and their values)"
+
+
+def parse_flags(argv, flag_values=flags.FLAGS):
+    """absl's flag parsing, with a one-line `error:` and exit 2 instead of its usage text."""
+    try:
+        return flag_values(argv)
+    except flags.Error as e:
+        fail(_flag_error_text(e))
+
+
+def _is_filesystem_error(error):
+    if isinstance(error, OSError):
+        return error.errno in _FILESYSTEM_ERRNOS or error.errno is None
+    if isinstance(error, _FILESYSTEM_OP_ERRORS):
+        return True
+    return isinstance(error, tf.errors.OpError) and any(
+        m in str(error) for m in _FILESYSTEM_MESSAGES)
+
+
+def guard(interrupted_hint):
+    """Decorates a program's `main(argv, flag_values=None)`: the errors a user can cause
+    become one line on stderr and exit status 2; Ctrl-C prints `interrupted_hint`
+    and exits with 130.
+
+    Args:
+      interrupted_hint: what to tell the user after Ctrl-C (how to continue): a string,
+        or a function of the parsed `FlagValues` returning one.
+    """
+
+    def decorate(main):
+        @functools.wraps(main)
+        def wrapped(argv, flag_values=None):
+            try:
+                return main(argv, flag_values or flags.FLAGS)
+            except errors.UserError as e:
+                fail(e)
+            except KeyboardInterrupt:
+                hint = (interrupted_hint(flag_values or flags.FLAGS)
+                        if callable(interrupted_hint) else interrupted_hint)
+                print(f"interrupted: {hint}", file=sys.stderr, flush=True)
+                sys.exit(EXIT_INTERRUPTED)
+            except (OSError, tf.errors.OpError) as e:
+                if not _is_filesystem_error(e):
+                    raise
+                filename = getattr(e, "filename", None)
+                where = f" ({filename})" if filename else ""
+                fail(f"a file could not be written or read{where}: "
+                     f"{one_line(getattr(e, 'strerror', None) or e)}. Check the path, its "
+                     "permissions and the free space.")
+        return wrapped
+
+    return decorate
+
+
+def run(main, define_flags):
+    """`python -m dac_tf.X`: defines the program's flags on the global FlagValues,
+    parses argv with one-line errors, and runs `main`."""
+    define_flags()
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,120 @@
+"""Reading and writing run files: atomic replacement, JSON, and one-line error causes.
+
+Every file dac_tf writes goes through `tf.io.gfile`, so a run directory may live on any
+filesystem TensorFlow has a plugin for (local disk, `gs://`, `s3://`, `hdfs://`, the
+in-memory `ram://`).
+
+What "atomic" guarantees here: a reader sees the old content or the new content, never
+a mix. On a local disk the new content is written to a temporary name in the same
+directory, flushed to disk (fsync) and renamed over the old file (`os.replace` is atomic
+on POSIX). On other filesystems it is written to a temporary object and renamed with
+`tf.io.gfile.rename(overwrite=True)`: object stores make each object visible whole
+when it is closed, but a rename there is copy-then-delete, so a crash between the two
+leaves the old file in place plus a `*.tmp-*` object, which `remove_temporaries`
+deletes at the next start.
+"""
+
+import json
+import os
+import uuid
+
+import tensorflow as tf
+
+# Temporary names carry this marker, so leftovers of a killed writer can be found.
+TMP_MARKER = ".tmp-"
+
+
+def is_local(path):
+    """Whether `path` is on the local filesystem (no URL scheme such as gs://)."""
+    return "://" not in str(path)
+
+
+def first_line(error):
+    """The first non-empty line of an exception's message, or its type name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _tmp_name(path):
+    return f"{path}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def write_atomic(path, content):
+    """Replaces the file at `path` with `content` (str or bytes) atomically.
+
+    Raises:
+      OSError or tf.errors.OpError: the directory is missing or not writable, the disk is
+        full. The old file is then untouched and no temporary file is left.
+    """
+    mode = "wb" if isinstance(content, bytes) else "w"
+    tmp = _tmp_name(path)
+    try:
+        if is_local(path):
+            with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            with tf.io.gfile.GFile(tmp, mode) as f:
+                f.write(content)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        try:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+        except (OSError, tf.errors.OpError):
+            pass
+        raise
+
+
+def write_json_atomic(path, data):
+    """Writes `data` as indented, key-sorted JSON with `write_atomic`."""
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def read_text(path):
+    """The content of a text file (any gfile filesystem)."""
+    with tf.io.gfile.GFile(path, "r") as f:
+        return f.read()
+
+
+def read_json(path, error_type=ValueError, what="file"):
+    """Reads a JSON file.
+
+    Args:
+      path: the file.
+      error_type: the exception raised when it cannot be read or parsed.
+      what: what the file is, for the message ("run config", "evaluation JSON").
+
+    Returns:
+      The parsed JSON.
+
+    Raises:
+      error_type: one line naming the file and the cause.
+    """
+    try:
+        return json.loads(read_text(path))
+    except (OSError, tf.errors.OpError, UnicodeDecodeError, ValueError) as e:
+        raise error_type(f"cannot read the {what} {path}: {first_line(e)}") from None
+
+
+def remove_temporaries(directory):
+    """Deletes `*.tmp-*` leftovers of killed writers directly inside `directory`.
+
+    Returns:
+      The paths removed.
+    """
+    removed = []
+    if not tf.io.gfile.isdir(directory):
+        return removed
+    for name in tf.io.gfile.listdir(directory):
+        name = name.rstrip("/")
+        if TMP_MARKER in name:
+            path = os.path.join(directory, name)
+            if tf.io.gfile.isdir(path):
+                tf.io.gfile.rmtree(path)
+            else:
+                tf.io.gfile.remove(path)
+            removed.append(path)
+    return removed

@@ -1,0 +1,247 @@
+"""Nothing lost, nothing silently wrong: the run directory under hostile conditions.
+
+A second process on a live run, a stale lock, a damaged run directory, a failed first
+epoch, a resume that asks for fewer epochs, leftovers of killed writers. Each case checks
+what a user would look at: the exit code, the one-line message, and that the files of a
+real run are untouched (hashes before and after).
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+import clitools
+from dac_tf import rundir
+from dac_tf import train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--dataset=digits", "--arch=small_cnn", "--epochs=2", "--batch_size=128",
+        "--lr=0.05", "--lr_schedule=constant", "--epsilon=32", "--step_size=8",
+        "--num_steps=2", "--select_steps=2", "--val_size=100", "--eval_examples=64",
+        "--max_steps_per_epoch=3", "--noreport", "--verbose=0"]
+
+
+def run_train(model_dir, *extra):
+    return clitools.run_main(train, TINY + [f"--model_dir={model_dir}", *extra])
+
+
+def snapshot(directory):
+    """sha256 of every file under `directory`, by relative path."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    model_dir = tmp_path_factory.mktemp("integrity") / "run"
+    result = run_train(model_dir)
+    assert result.code == 0, result.stderr
+    return model_dir
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(finished_run, copy)
+    return copy
+
+
+def assert_one_line_error(result, *needles):
+    assert result.code == 2, (result.code, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------- damaged runs
+def _delete(path):
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda d: _delete(d / "metrics.csv"), "metrics.csv is missing"),
+    (lambda d: _delete(d / "config.json"), "config.json is missing"),
+    (lambda d: _delete(d / "checkpoints" / "checkpoint"), "checkpoints/checkpoint"),
+    (lambda d: (d / "metrics.csv").write_text(
+        (d / "metrics.csv").read_text().splitlines()[0] + "\n"
+        + (d / "metrics.csv").read_text().splitlines()[1] + "\n"), "rows of epoch(s) 2"),
+    (lambda d: (d / "metrics.csv").write_bytes(os.urandom(512) + b"\x00"), "metrics.csv"),
+])
+def test_a_damaged_run_directory_is_refused_and_left_untouched(run_copy, damage, needle):
+    damage(run_copy)
+    before = snapshot(run_copy)
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert_one_line_error(result, needle, str(run_copy))
+    assert "Traceback" not in result.stderr
+    assert snapshot(run_copy) == before
+
+
+def test_a_lost_best_checkpoint_is_refused(run_copy):
+    rows = rundir.read_metrics(str(run_copy))
+    rows[0]["val_robust_accuracy"] = 1.0      # epoch 1 is the best, before the last one
+    rundir.write_metrics(str(run_copy), rows)
+    for name in os.listdir(run_copy / "best"):
+        os.remove(run_copy / "best" / name)
+    before = snapshot(run_copy)
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert_one_line_error(result, "best/ lacks the checkpoint of epoch 1")
+    assert snapshot(run_copy) == before
+
+
+def test_killed_between_last_and_best_saves_recovers_best_from_last(run_copy):
+    """The loop saves `last` before `best`: a kill in between leaves best/ one epoch
+    behind, and the restored `last` holds exactly the weights best/ must hold."""
+    rows = rundir.read_metrics(str(run_copy))
+    # Make epoch 2 the best by the selection column, as if best/ had not been saved yet.
+    rows[-1]["val_robust_accuracy"] = 1.0
+    rundir.write_metrics(str(run_copy), rows)
+    for name in os.listdir(run_copy / "best"):
+        if name.startswith("ckpt-2"):
+            os.remove(run_copy / "best" / name)
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert result.code == 0, result.stderr
+    best_epochs = rundir.inspect(str(run_copy)).best_epochs
+    assert 2 in best_epochs or 3 in best_epochs
+
+
+# ----------------------------------------------------------------- resumes
+def test_rerunning_a_finished_run_says_complete_and_writes_nothing(run_copy):
+    before = snapshot(run_copy)
+    for extra in ([], ["--resume", "--epochs=1"]):
+        result = run_train(run_copy, *extra)
+        assert result.code == 0, result.stderr
+        assert "is complete: 2 of 2 epochs" in result.stdout
+        assert snapshot(run_copy) == before   # the recorded epochs stay 2
+    assert json.loads((run_copy / "config.json").read_text())["epochs"] == 2
+
+
+def test_a_resume_removes_what_killed_writers_left(run_copy):
+    (run_copy / "metrics.csv.tmp-123-abcd").write_text("half")
+    (run_copy / "checkpoints" / "ckpt-3_temp").mkdir()
+    (run_copy / "checkpoints" / "ckpt-3_temp" / "part-00000").write_bytes(b"x")
+    (run_copy / ".worker_1").mkdir()
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert result.code == 0, result.stderr
+    left = {p.name for p in run_copy.rglob("*")}
+    assert not {"metrics.csv.tmp-123-abcd", "ckpt-3_temp", ".worker_1"} & left
+    assert [r["epoch"] for r in rundir.read_metrics(str(run_copy))] == [1, 2, 3]
+    assert not (run_copy / rundir.LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------- failed starts
+def test_a_failed_start_leaves_no_run_directory(tmp_path):
+    model_dir = tmp_path / "new"
+    result = clitools.run_main(train, TINY + [f"--model_dir={model_dir}",
+                                              f"--dataset=npz:{tmp_path / 'missing.npz'}"])
+    assert_one_line_error(result, "missing.npz")
+    assert not model_dir.exists()
+
+
+def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path):
+    model_dir = tmp_path / "runs" / "nan"
+    failed = run_train(model_dir, "--lr=1e30")
+    assert_one_line_error(failed, "non-finite loss", "epoch 1")
+    assert not (tmp_path / "runs").exists()   # nor the parent it created
+    # A directory the user made beforehand is kept, but a run that finished no epoch
+    # may be restarted with other flags.
+    model_dir.mkdir(parents=True)
+    assert run_train(model_dir, "--lr=1e30").code == 2
+    assert (model_dir / "config.json").exists()
+    fixed = run_train(model_dir, "--lr=0.05")
+    assert fixed.code == 0, fixed.stderr
+    assert json.loads((model_dir / "config.json").read_text())["lr"] == 0.05
+
+
+@pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--epsilon=nan",
+                                  "--weight_decay=-inf", "--ac_step=inf", "--beta=nan",
+                                  "--momentum=nan", "--select_step_size=inf"])
+def test_non_finite_float_flags_are_refused(tmp_path, flag):
+    extra = ["--method=trades"] if flag.startswith("--beta") else []
+    result = run_train(tmp_path / "run", flag, *extra)
+    assert_one_line_error(result, flag.split("=")[0])
+    assert not (tmp_path / "run").exists()
+
+
+# ---------------------------------------------------------------------- lock
+def _dead_pid():
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    lock = rundir.RunLock(str(tmp_path)).acquire()
+    try:
+        with pytest.raises(rundir.RunDirError, match=f"pid {os.getpid()} on host"):
+            rundir.RunLock(str(tmp_path)).acquire()
+    finally:
+        lock.release()
+    assert not (tmp_path / rundir.LOCK_FILE).exists()
+    # A lock from a process that is gone is stale.
+    holder = dict(pid=_dead_pid(), host=os.uname().nodename, start=None, time=time.time())
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))
+    with rundir.RunLock(str(tmp_path)) as taken:
+        assert taken.holder()["pid"] == os.getpid()
+    # Another host's lock is trusted until it has not been refreshed for a while.
+    holder.update(host="elsewhere", pid=1)
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))
+    with pytest.raises(rundir.RunDirError, match="host elsewhere"):
+        rundir.RunLock(str(tmp_path)).acquire()
+    holder["time"] = time.time() - rundir.STALE_LOCK_SECONDS - 1
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))
+    rundir.RunLock(str(tmp_path)).acquire().release()
+
+
+def test_a_second_training_on_a_live_run_is_refused_and_a_killed_one_restarts(tmp_path):
+    model_dir = tmp_path / "live"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "dac_tf.train", *TINY, "--epochs=50",
+         "--max_steps_per_epoch=0", f"--model_dir={model_dir}"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (model_dir / rundir.LOCK_FILE).exists():
+            assert time.time() < deadline and first.poll() is None
+            time.sleep(0.2)
+        before = json.loads((model_dir / rundir.LOCK_FILE).read_text())
+        second = run_train(model_dir, "--lr=0.01")
+        assert_one_line_error(second, f"pid {first.pid}", "in use by another training")
+        assert json.loads((model_dir / rundir.LOCK_FILE).read_text())["pid"] == before["pid"]
+    finally:
+        first.kill()
+        first.wait()
+    # The killed process's lock is stale: the same command (its flags) continues.
+    restarted = clitools.run_main(train, TINY + ["--epochs=50", "--max_steps_per_epoch=0",
+                                                 f"--model_dir={model_dir}", "--resume",
+                                                 "--epochs=1"])
+    assert restarted.code == 0, restarted.stderr
+    assert not (model_dir / rundir.LOCK_FILE).exists()
+
+
+def test_two_replicas_with_a_last_batch_of_one_example_train_to_the_end(tmp_path):
+    """The reported case: quickstart's digits with --val_size=221 leave 1217 training
+    examples, so the last batch of 64 holds one example and replica 1 gets none. It used
+    to stop with a non-finite loss in every epoch."""
+    result = run_train(tmp_path / "run", "--cpu_replicas=2", "--val_size=221",
+                       "--batch_size=64", "--max_steps_per_epoch=0", "--epochs=1",
+                       "--eval_examples=64")
+    assert result.code == 0, result.stderr
+    (row,) = rundir.read_metrics(str(tmp_path / "run"))
+    assert all(v is None or v == v for v in row.values())      # no NaN anywhere
+    assert 0 < row["train_loss"] < 10 and 0 <= row["val_robust_accuracy"] <= 1
