@@ -1028,6 +1028,8 @@ def run(config):
     Returns:
       (records, table markdown).
     """
+    for path in config.models:
+        resolve_model_path(path)   # a missing model fails before anything is written
     _prepare_output(config.output)
     previous_records = []
     if config.resume and tf.io.gfile.exists(config.output):
