@@ -3,9 +3,22 @@
 Pure TensorFlow, usable in a custom loop or inside `DACModel.train_step`:
 - the step loop is a `tf.while_loop` (one graph node, no Python unrolling, compiles under
   XLA);
-- randomness comes from stateless ops seeded by an explicit `[2]` integer seed, so a run
-  is reproducible and a resumed run draws the same noise as an uninterrupted one;
-- BatchNorm mode is the caller's choice: pass `model_fn=lambda x: model(x, training=...)`.
+- randomness comes from stateless ops seeded by an explicit `[2]` integer seed
+  (`dac_tf.seeds`), so a run is reproducible and a resumed run draws the same noise as
+  an uninterrupted one;
+- BatchNorm mode is the caller's choice: pass `model_fn=lambda x: model(x, training=...)`
+  (the AT reference attacks in train mode, which also moves BatchNorm statistics);
+- the TRADES KL loss, which no attack library offers, is built in.
+
+Why evaluation does not use this PGD: robustness numbers are reported with the field's
+standard tool, CleverHans (`dac_tf.evaluation.attacks`, whose `loss_fn` hook also gives
+CW-inf), and with AutoAttack (`dac_tf.autoattack`); training needs the properties above,
+which CleverHans's Python-loop PGD with stateful noise does not have. The pieces that
+are the same computation live here once: the Carlini-Wagner margin (`cw_margin`; the
+evaluation's CW loss and AutoAttack's margin are thin wrappers with their own sign and
+confidence conventions), the perturbation clip (`clip_eta`, equal to CleverHans's
+`clip_eta` for every radius >= 1e-6 or 0) and the uniform L-inf start (`random_init`,
+whose draw the evaluation's PGD start reuses).
 
 Inputs are images in [clip_min, clip_max] (default [0, 1]); `epsilon` and `step_size` are
 in the same units (8/255 for the usual CIFAR-10 L-inf budget).
@@ -13,15 +26,15 @@ in the same units (8/255 for the usual CIFAR-10 L-inf budget).
 
 import tensorflow as tf
 
+from dac_tf import seeds
+
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "kl", "cw")
 STARTS = ("uniform", "normal", "none")
 
 # TRADES/MART start the attack at x + 0.001 * N(0, 1) (their reference code).
 NORMAL_START_STD = 0.001
-# A fixed algorithm ("auto_select" may pick another under XLA): the same seed gives the
-# same noise with and without jit_compile and on every device.
-_RNG_ALG = "philox"
+_RNG_ALG = seeds.RNG_ALG
 # Guards the L2 gradient normalisation against a zero gradient (reference code value).
 _L2_GRAD_EPS = 1e-10
 
@@ -38,6 +51,10 @@ def _per_example_l2_norm(t):
 
 def clip_eta(eta, norm, epsilon):
     """Projects a perturbation onto the `norm`-ball of radius `epsilon` (per example).
+
+    The same numbers as CleverHans's `clip_eta` (`cleverhans.tf2.utils`) for L-inf, and
+    for L2 at every radius above 1e-6 and at 0 (CleverHans guards the division inside
+    the square root instead, which differs only for smaller radii); a test checks it.
 
     Args:
       eta: perturbation tensor [batch, ...].
@@ -99,7 +116,20 @@ def random_init(x, norm, epsilon, start, seed, clip_min=0.0, clip_max=1.0):
 
 
 def cw_margin(logits, labels):
-    """Carlini-Wagner margin per example: max_{j != y} z_j - z_y (positive = misclassified)."""
+    """Carlini-Wagner margin per example: max_{j != y} z_j - z_y (positive = misclassified).
+
+    The one implementation of "largest other logit minus the true logit": the training
+    attack ascends it, the evaluation's CW-inf loss is `-relu(confidence - cw_margin)`
+    (`dac_tf.evaluation.attacks.cw_loss`) and AutoAttack's Square margin and DLR
+    numerator are `-cw_margin` (`dac_tf.autoattack.losses.margin`).
+
+    Args:
+      logits: [B, K] (cast to float32).
+      labels: int labels [B].
+
+    Returns:
+      float32 [B].
+    """
     logits = tf.cast(logits, tf.float32)
     num_classes = tf.shape(logits)[-1]
     onehot = tf.one_hot(labels, num_classes, dtype=logits.dtype)

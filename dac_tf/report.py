@@ -12,7 +12,9 @@ Reproduces the paper's motivation figures from what a run leaves in its `model_d
 * `heatmaps_<run>.png` (+ `heatmaps_<run>.json` with the numbers): the model's mean
   softmax output on PGD adversarial inputs per true class, for the train and test split
   and the best and last checkpoints, under the run's selection attack (the attack of
-  its robust accuracy curve). Needs `config.json`, the checkpoints and the data.
+  its robust accuracy curve). Needs `config.json`, the checkpoints and the data; the
+  numbers come from the evaluation library (`dac_tf.evaluation.heatmaps`), this module
+  only draws them.
 
     python -m dac_tf.report --model_dir=runs/cifar10_preact_resnet18_at \
         --model_dir=runs/cifar10_preact_resnet18_at_dac --output_dir=plots/at_vs_dac
@@ -22,10 +24,12 @@ land in `model_dir/plots/` without a second command.
 
 Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never
 through `pyplot`: importing this module does not change the caller's matplotlib backend
-and works without a display.
+and works without a display. Every file goes through `tf.io.gfile` (PNGs are rendered in
+memory and written atomically), so a run directory may live on `gs://`.
 """
 
 import dataclasses
+import io
 import math
 import os
 import re
@@ -38,19 +42,19 @@ from matplotlib.figure import Figure
 import numpy as np
 import tensorflow as tf
 
-from dac_tf import attacks
 from dac_tf import checkpoints
 from dac_tf import cli
-from dac_tf import data
 from dac_tf import errors
 from dac_tf import fileio
 from dac_tf import rundir
+from dac_tf.evaluation import EvaluationError
+from dac_tf.evaluation import heatmaps as heatmap_lib
 
 METRICS_FILE = rundir.METRICS_FILE
 PLOTS_DIR = "plots"
 ROBUST_OVERFITTING_FILE = "robust_overfitting.png"
 ADVERSARIAL_CERTAINTY_FILE = "adversarial_certainty.png"
-HEATMAP_SPLITS = ("train", "test")
+HEATMAP_SPLITS = heatmap_lib.SPLITS
 
 
 DPI = 120
@@ -191,7 +195,7 @@ def load_runs(model_dirs, labels=None):
     for model_dir in model_dirs:
         try:
             configs.append(checkpoints.load_run_config(model_dir)
-                           if os.path.isfile(checkpoints.config_path(model_dir)) else None)
+                           if tf.io.gfile.exists(checkpoints.config_path(model_dir)) else None)
         except checkpoints.CheckpointError as e:
             raise ReportError(str(e)) from None
     metrics = [read_metrics(d) for d in model_dirs]
@@ -211,11 +215,12 @@ def _new_figure(width, height, layout="tight"):
 
 
 def _save(fig, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    # Written next to the target and renamed, so a reader never sees half a PNG.
-    tmp = f"{path}.tmp-{os.getpid()}.png"
-    fig.savefig(tmp, dpi=DPI, format="png")
-    os.replace(tmp, path)
+    # Rendered in memory and written with an atomic rename (any gfile filesystem), so a
+    # reader never sees half a PNG.
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=DPI, format="png")
+    fileio.write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -337,214 +342,11 @@ def plot_adversarial_certainty(runs, path):
 
 
 # --------------------------------------------------------------------- heatmaps
-def mean_softmax_matrix(model, x, y, *, num_classes, epsilon, step_size, num_steps,
-                        norm="linf", start="uniform", seed=0, batch_size=256):
-    """The model's mean softmax output on PGD adversarial inputs, per true class.
-
-    The attack is the training CLI's evaluation attack: cross-entropy PGD with
-    BatchNorm in inference mode (`model(x, training=False)`).
-
-    Args:
-      model: a Keras model mapping [0, 1] images to logits.
-      x: images (uint8 in [0, 255] or float in [0, 1]), any shape the model takes.
-      y: integer labels [N] in [0, num_classes).
-      num_classes: number of classes (the model's number of logits).
-      epsilon, step_size, num_steps, norm, start: the attack (`attacks.pgd`); epsilon
-        and step_size in [0, 1] pixel units.
-      seed: integer seed of the attack's random start (batch i uses [seed, i]).
-      batch_size: examples per attack batch.
-
-    Returns:
-      (matrix, counts): float64 [num_classes, num_classes] whose row t is the mean
-      softmax over the examples of true class t (NaN for a class with no example), so
-      each non-empty row sums to 1; and int64 [num_classes] examples per class.
-
-    Raises:
-      ValueError: labels out of range, mismatched lengths, or a model whose number of
-        logits is not num_classes.
-    """
-    softmax_fn = _adversarial_softmax_fn(model, epsilon=epsilon, step_size=step_size,
-                                         num_steps=num_steps, norm=norm, start=start)
-    return _mean_softmax(softmax_fn, x, y, num_classes=num_classes, seed=seed,
-                         batch_size=batch_size)
-
-
-def _adversarial_softmax_fn(model, *, epsilon, step_size, num_steps, norm, start):
-    """One traced function per model, reused for every split and batch."""
-
-    def logits_fn(images):
-        return tf.cast(model(images, training=False), tf.float32)
-
-    @tf.function
-    def adversarial_softmax(images, labels, batch_seed):
-        adv = attacks.pgd(logits_fn, images, labels, epsilon=epsilon, step_size=step_size,
-                          num_steps=num_steps, norm=norm, loss="ce", start=start,
-                          seed=batch_seed)
-        return tf.nn.softmax(logits_fn(adv))
-
-    return adversarial_softmax
-
-
-def _mean_softmax(softmax_fn, x, y, *, num_classes, seed, batch_size):
-    y = np.asarray(y).astype(np.int64)
-    if len(x) != len(y):
-        raise ValueError(f"{len(x)} images but {len(y)} labels.")
-    if len(y) and (y.min() < 0 or y.max() >= num_classes):
-        raise ValueError(f"labels must be in [0, {num_classes}), got [{y.min()}, {y.max()}].")
-    batch_size = max(1, min(int(batch_size), len(y)))
-    sums = np.zeros((num_classes, num_classes))
-    counts = np.bincount(y, minlength=num_classes).astype(np.int64)
-    for batch, begin in enumerate(range(0, len(y), batch_size)):
-        images = data.to_float32(x[begin:begin + batch_size])
-        labels = y[begin:begin + batch_size]
-        size = len(labels)
-        if size < batch_size:
-            # Padded to the full batch (BatchNorm in inference mode keeps examples
-            # independent) so the function is traced once, not again for the remainder.
-            images = np.concatenate([images, np.repeat(images[:1], batch_size - size, 0)])
-            labels = np.concatenate([labels, np.repeat(labels[:1], batch_size - size)])
-        probs = softmax_fn(tf.constant(images), tf.constant(labels, tf.int32),
-                           tf.constant([seed, batch], tf.int64)).numpy()
-        if probs.shape[-1] != num_classes:
-            raise ValueError(f"the model returns {probs.shape[-1]} logits; expected "
-                             f"{num_classes}.")
-        np.add.at(sums, labels[:size], probs[:size].astype(np.float64))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return sums / counts[:, None], counts
-
-
-def _checkpoint_epoch(path):
-    # The training CLI saves epoch e as ckpt-e (checkpoint_number=epoch).
-    match = re.search(r"-(\d+)$", path)
-    return int(match.group(1)) if match else None
-
-
-_DATA_CACHE = {}
-# What rebuilding the model and repeating its attack needs from config.json.
-_HEATMAP_CONFIG_KEYS = ("dataset", "arch", "num_classes", "input_shape", "epsilon",
-                        "step_size", "num_steps")
-
-
-def _load_splits(config):
-    key = (config["dataset"], config.get("data_dir"), int(config.get("val_size", 0)),
-           int(config.get("seed", 0)))
-    if key not in _DATA_CACHE:
-        _DATA_CACHE.clear()  # one dataset in memory at a time: CIFAR is 150 MB
-        # download=False: a report must never start a multi-GB download by surprise.
-        _DATA_CACHE[key] = data.load(key[0], data_dir=key[1], val_size=key[2],
-                                     seed=key[3], download=False)
-    return _DATA_CACHE[key]
-
-
-def compute_heatmaps(run, num_examples=1000):
-    """Mean-softmax matrices of a run's best and last checkpoints on train and test.
-
-    Args:
-      run: a `Run` with a config.
-      num_examples: the first `num_examples` examples of each split are attacked.
-
-    Returns:
-      A JSON-ready dict: matrices[split][checkpoint] (lists of lists, None for a
-      missing checkpoint), counts[split], epochs[checkpoint], the attack, class_names.
-
-    Raises:
-      ReportError: no config, no checkpoint at all, or data that cannot be loaded.
-    """
-    config = run.config
-    if not config:
-        raise ReportError(f"{run.model_dir!r} has no {checkpoints.CONFIG_FILE}.")
-    missing = [k for k in _HEATMAP_CONFIG_KEYS if config.get(k) is None]
-    if missing:
-        raise ReportError(f"{checkpoints.config_path(run.model_dir)} lacks "
-                          f"{', '.join(missing)}.")
-    if num_examples <= 0:
-        raise ReportError(f"heatmap_examples must be positive, got {num_examples}.")
-    paths = {}
-    for which in checkpoints.CHECKPOINTS:
-        try:
-            paths[which] = checkpoints.checkpoint_path(run.model_dir, which)
-        except checkpoints.CheckpointError:
-            paths[which] = None
-    if not any(paths.values()):
-        raise ReportError(f"{run.model_dir!r} has no best/ or checkpoints/ checkpoint.")
-    try:
-        splits = _load_splits(config)
-    except data.DatasetError as e:
-        raise ReportError(str(e)) from None
-    except ImportError as e:  # tensorflow_datasets or scikit-learn not installed
-        raise ReportError(f"cannot load --dataset={config['dataset']}: {e}") from None
-    num_classes = int(config.get("num_classes", splits.num_classes))
-    names = list(config.get("class_names") or splits.class_names)
-    if len(names) != num_classes:
-        names = [str(i) for i in range(num_classes)]
-    # The run's selection attack (PGD-10 at the evaluation radius by default,
-    # `dac_tf.protocol`): the attack its robust accuracy curve is measured with. Runs
-    # written before the selection flags existed fall back to the training attack.
-    prefix = "select_" if config.get("select_epsilon") is not None else ""
-    attack = dict(epsilon=float(config[f"{prefix}epsilon"]),
-                  step_size=float(config[f"{prefix}step_size"]),
-                  num_steps=int(config["select_steps" if prefix else "num_steps"]),
-                  norm=config.get("norm", "linf"),
-                  start=config.get("select_start" if prefix else "attack_start", "uniform"))
-    arrays = {"train": (splits.x_train, splits.y_train), "test": (splits.x_test, splits.y_test)}
-
-    result = {"model_dir": os.path.abspath(run.model_dir), "label": run.label,
-              "class_names": names, "attack": dict(attack, loss="ce", bn="inference"),
-              "examples": {}, "counts": {}, "epochs": {},
-              "checkpoints": {k: v for k, v in paths.items()},
-              "matrices": {s: {} for s in HEATMAP_SPLITS},
-              "mean_true_class_probability": {s: {} for s in HEATMAP_SPLITS}}
-    computed = {}  # epoch -> matrices; best and last are often the same epoch
-    for which in checkpoints.CHECKPOINTS:
-        epoch = _checkpoint_epoch(paths[which]) if paths[which] else None
-        result["epochs"][which] = epoch
-        if paths[which] is None:
-            for split in HEATMAP_SPLITS:
-                result["matrices"][split][which] = None
-                result["mean_true_class_probability"][split][which] = None
-            continue
-        cache_key = epoch if epoch is not None else paths[which]
-        if cache_key not in computed:
-            try:
-                model = checkpoints.restore_weights(checkpoints.build_model(config),
-                                                    paths[which])
-            except (checkpoints.CheckpointError, ValueError, TypeError) as e:
-                # build_model's ValueError/TypeError: an arch or arch_kwargs this
-                # version does not know.
-                raise ReportError(f"cannot rebuild the model of {run.model_dir!r}: {e}"
-                                  ) from None
-            softmax_fn = _adversarial_softmax_fn(model, **attack)
-            computed[cache_key] = {}
-            for split in HEATMAP_SPLITS:
-                x, y = arrays[split]
-                x, y = x[:num_examples], y[:num_examples]
-                matrix, counts = _mean_softmax(
-                    softmax_fn, x, y, num_classes=num_classes,
-                    seed=int(config.get("seed", 0)),
-                    batch_size=int(config.get("eval_batch_size", 256)))
-                computed[cache_key][split] = matrix
-                result["counts"][split] = counts.tolist()
-                result["examples"][split] = int(len(y))
-        for split in HEATMAP_SPLITS:
-            matrix = computed[cache_key][split]
-            result["matrices"][split][which] = _json_matrix(matrix)
-            diag = np.diag(matrix)
-            weights = np.asarray(result["counts"][split], float)
-            ok = np.isfinite(diag)
-            result["mean_true_class_probability"][split][which] = (
-                float(np.average(diag[ok], weights=weights[ok])) if ok.any() else None)
-    return result
-
-
-def _json_matrix(matrix):
-    return [[None if not np.isfinite(v) else float(v) for v in row] for row in matrix]
-
-
 def plot_heatmaps(heatmaps, path, title=None):
     """Draws the 2x2 grid (train/test x best/last) of mean-softmax matrices.
 
     Args:
-      heatmaps: the output of `compute_heatmaps`.
+      heatmaps: the output of `dac_tf.evaluation.heatmaps.compute_heatmaps`.
       path: the PNG to write.
       title: figure title; default from the label and the attack.
 
@@ -669,8 +471,10 @@ def make_report(model_dirs, output_dir=None, heatmaps=True, heatmap_examples=100
     if heatmaps:
         for run in runs:
             try:
-                result = compute_heatmaps(run, int(heatmap_examples))
-            except ReportError as e:
+                result = heatmap_lib.compute_heatmaps(
+                    run.model_dir, run.config, label=run.label,
+                    num_examples=int(heatmap_examples))
+            except EvaluationError as e:
                 logging.warning("No heatmaps for %s: %s", run.model_dir, e)
                 continue
             fileio.write_json_atomic(

@@ -1,11 +1,16 @@
-"""Training-time attacks: invariants (ball, box, eps=0), projections, strength order."""
+"""Training-time attacks: invariants (ball, box, eps=0), projections, strength order;
+the helpers every attack implementation shares (margin, clip, seeds)."""
 
 import numpy as np
 import pytest
 import keras
 import tensorflow as tf
+from cleverhans.tf2.utils import clip_eta as cleverhans_clip_eta
 
 from dac_tf import attacks
+from dac_tf import autoattack
+from dac_tf import seeds
+from dac_tf.evaluation import attacks as evaluation_attacks
 
 
 def linear_model(seed=0, shape=(4, 4, 1), classes=3):
@@ -111,6 +116,54 @@ def test_cw_margin_closed_form():
     logits = tf.constant([[1.0, 3.0, 2.0], [5.0, -1.0, 0.0]])
     labels = tf.constant([1, 0])
     np.testing.assert_allclose(attacks.cw_margin(logits, labels).numpy(), [2 - 3, 0 - 5])
+
+
+def test_cw_margin_is_the_one_margin_of_every_caller():
+    """Training's margin, AutoAttack's (negated; the official code masks the true class
+    with -inf) and the evaluation's CW loss (kappa, clamped) are one computation."""
+    rng = np.random.default_rng(0)
+    logits = (5 * rng.normal(size=(64, 10))).astype("float32")
+    labels = rng.integers(0, 10, 64).astype("int32")
+    masked = np.where(np.eye(10, dtype=bool)[labels], -np.inf, logits).astype("float32")
+    expected = masked.max(axis=1) - logits[np.arange(64), labels]   # exact in float32
+    margin = attacks.cw_margin(logits, labels).numpy()
+    np.testing.assert_array_equal(margin, expected)
+    np.testing.assert_array_equal(autoattack.margin(tf.constant(logits), labels).numpy(),
+                                  -expected)
+    for kappa in (0.0, 50.0):
+        np.testing.assert_array_equal(
+            evaluation_attacks.cw_loss(labels, logits, kappa).numpy(),
+            -np.maximum(np.float32(kappa) - expected, 0.0))
+
+
+@pytest.mark.parametrize("norm, ch_norm", [("linf", np.inf), ("l2", 2)])
+@pytest.mark.parametrize("epsilon", [0.0, 2e-6, 8 / 255, 1.0])
+def test_clip_eta_is_cleverhans_clip_eta(norm, ch_norm, epsilon):
+    """Bit for bit, also for perturbations of (almost) zero norm."""
+    rng = np.random.default_rng(1)
+    eta = rng.normal(scale=0.05, size=(8, 4, 4, 1)).astype("float32")
+    eta[0] = 0.0
+    eta[1] *= 1e-8
+    ours = attacks.clip_eta(tf.constant(eta), norm, epsilon).numpy()
+    theirs = cleverhans_clip_eta(tf.constant(eta), ch_norm, epsilon).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_seed_fold_is_a_fold_in_chain_whose_data_dtype_is_part_of_the_stream():
+    fold_in = tf.random.experimental.stateless_fold_in
+    base = tf.constant([3, 0], tf.int64)
+    chain64 = fold_in(fold_in(base, tf.constant(5, tf.int64), alg="philox"),
+                      tf.constant(1, tf.int64), alg="philox")
+    chain32 = fold_in(fold_in(base, tf.constant(5, tf.int32), alg="philox"),
+                      tf.constant(1, tf.int32), alg="philox")
+    np.testing.assert_array_equal(seeds.fold(3, 5, 1).numpy(), chain64.numpy())
+    np.testing.assert_array_equal(seeds.fold(base, 5, 1, data_dtype=tf.int32).numpy(),
+                                  chain32.numpy())
+    assert not np.array_equal(chain64.numpy(), chain32.numpy())
+    assert seeds.fold(3).numpy().tolist() == [3, 0]
+    # Inside a traced function, with tensor data.
+    traced = tf.function(lambda s, d: seeds.fold(s, d, 1))(base, tf.constant(5, tf.int64))
+    np.testing.assert_array_equal(traced.numpy(), chain64.numpy())
 
 
 def test_kl_divergence_closed_form():

@@ -153,6 +153,24 @@ def test_dlr_losses_closed_form():
     np.testing.assert_allclose(aa.dlr_loss(3.0 * z + 7.0, y).numpy(), dlr, rtol=1e-5)
 
 
+def test_seeds_and_predictions_are_the_shared_helpers_with_autoattacks_conventions():
+    """Component seeds fold int32 data (the stream AutoAttack was defined with), and
+    predictions run in padded batches that count each example once."""
+    from dac_tf.autoattack import _common  # pylint: disable=import-outside-toplevel
+
+    fold_in = tf.random.experimental.stateless_fold_in
+    expected = fold_in(fold_in(tf.constant([7, 0], tf.int64), tf.constant(2, tf.int32),
+                               alg="philox"), tf.constant(5, tf.int32), alg="philox")
+    got = _common.fold_seed(7, 2, 5)
+    assert got.dtype == tf.int64
+    np.testing.assert_array_equal(got.numpy(), expected.numpy())
+    model = Linear(10, seed=5)
+    x = np.random.default_rng(6).uniform(0, 1, (23,) + SHAPE).astype(np.float32)
+    pred = _common.batched_predict(model, x, batch_size=10)
+    np.testing.assert_array_equal(pred, np.argmax(model(x).numpy(), axis=1))
+    assert pred.shape == (23,) and _common.batched_predict(model, x[:0]).shape == (0,)
+
+
 def test_target_ranking_is_second_to_tenth_logit():
     z = tf.constant([[0.0, 9.0, 1.0, 8.0, 2.0, 7.0, 3.0, 6.0, 4.0, 5.0, -1.0]])
     np.testing.assert_array_equal(aa.target_ranking(z, 9).numpy(),
@@ -375,6 +393,7 @@ def test_same_seed_same_result(small_net):
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow   # XLA compiles every component
 def test_xla_compiled_runner_matches_graph_mode(small_net):
     model, x, y = small_net
     kw = dict(epsilon=0.03, batch_size=6, seed=5, **SMALL)

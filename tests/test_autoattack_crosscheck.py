@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from dac_tf import data
-from dac_tf import evaluate
 from dac_tf import models
+from dac_tf.evaluation import loading
+from dac_tf.evaluation import runner
 
-pytestmark = pytest.mark.crosscheck
+pytestmark = [pytest.mark.crosscheck, pytest.mark.slow]
 pytest.importorskip("torch")
 pytest.importorskip("pyautoattack")
 
@@ -29,7 +30,7 @@ from test_autoattack import Linear, interior_points  # noqa: E402
 
 
 def _autoattack_flags(logits_fn, x, y, epsilon, impl):
-    record = evaluate.evaluate_model(
+    record = runner.evaluate_model(
         logits_fn, x, y, attacks="clean,autoattack", epsilon=epsilon, batch_size=128,
         show_progress=False, sanity_checks=False, autoattack_options=dict(impl=impl))
     assert record["columns"]["autoattack"] == "AutoAttack"   # standard version, both
@@ -63,7 +64,7 @@ def test_both_implementations_agree_on_a_trained_cnn():
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(digits.x_train, digits.y_train, epochs=10, batch_size=64, verbose=0)
-    logits_fn = evaluate._keras_logits_fn(model)
+    logits_fn = loading.keras_logits_fn(model)
     x, y = data.to_float32(digits.x_test[:100]), digits.y_test[:100].astype(np.int32)
 
     native, native_record = _autoattack_flags(logits_fn, x, y, 0.1, "native")

@@ -19,12 +19,19 @@ import pytest
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
+from dac_tf import batching
 from dac_tf import checkpoints
 from dac_tf import data
-from dac_tf import fileio
-from dac_tf import eval_attacks
 from dac_tf import evaluate
+from dac_tf import fileio
 from dac_tf import models
+from dac_tf.evaluation import EvaluationError
+from dac_tf.evaluation import attacks
+from dac_tf.evaluation import checks
+from dac_tf.evaluation import loading
+from dac_tf.evaluation import results
+from dac_tf.evaluation import runner
+from dac_tf.evaluation import table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EPS = 0.1   # digits are 8x8 in [0, 1]; at 0.1 the trained CNN keeps ~45-65% under attack
@@ -51,7 +58,7 @@ def trained(digits):
 
 @pytest.fixture(scope="module")
 def logits_fn(trained):
-    return evaluate._keras_logits_fn(trained)
+    return loading.keras_logits_fn(trained)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +83,10 @@ def linear_fn(seed=0, shape=(8, 8, 1), classes=10):
 
 def _attack(kind, fn, x, y, eps, norm, seed=(1, 2)):
     if kind == "fgsm":
-        return eval_attacks.fgsm(fn, x, y, epsilon=eps, norm=norm)
-    loss_fn = eval_attacks.make_cw_loss_fn() if kind == "cw" else None
-    return eval_attacks.pgd(fn, x, y, epsilon=eps, step_size=eps / 4, num_steps=5, norm=norm,
-                            loss_fn=loss_fn, seed=tf.constant(seed, tf.int64))
+        return attacks.fgsm(fn, x, y, epsilon=eps, norm=norm)
+    loss_fn = attacks.make_cw_loss_fn() if kind == "cw" else None
+    return attacks.pgd(fn, x, y, epsilon=eps, step_size=eps / 4, num_steps=5, norm=norm,
+                       loss_fn=loss_fn, seed=tf.constant(seed, tf.int64))
 
 
 # ------------------------------------------------------------------- attack invariants
@@ -101,9 +108,9 @@ def test_random_start_is_in_ball_and_seeded(norm):
     x = tf.constant(np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)), tf.float32)
     eps = 0.1 if norm == "linf" else 1.0
     seed = tf.constant([3, 4], tf.int64)
-    a = eval_attacks.random_start(x, norm, eps, seed).numpy()
-    b = eval_attacks.random_start(x, norm, eps, seed).numpy()
-    c = eval_attacks.random_start(x, norm, eps, tf.constant([3, 5], tf.int64)).numpy()
+    a = attacks.random_start(x, norm, eps, seed).numpy()
+    b = attacks.random_start(x, norm, eps, seed).numpy()
+    c = attacks.random_start(x, norm, eps, tf.constant([3, 5], tf.int64)).numpy()
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     delta = (a - x.numpy()).reshape(64, -1)
@@ -111,13 +118,23 @@ def test_random_start_is_in_ball_and_seeded(norm):
     assert dist.max() <= eps + 1e-6 and a.min() >= 0 and a.max() <= 1
 
 
+def test_linf_start_is_the_documented_stateless_draw():
+    """The start's stream is pinned (a resumed or repeated evaluation draws the same
+    points): x + eps * U(-1, 1) from stateless Philox, clipped to the box."""
+    x = np.random.default_rng(0).uniform(0, 1, (16, 8, 8, 1)).astype(np.float32)
+    seed = tf.constant([3, 4], tf.int64)
+    noise = tf.random.stateless_uniform(x.shape, seed, -1.0, 1.0, alg="philox").numpy()
+    expected = np.clip(x + noise * np.float32(0.1), 0.0, 1.0)
+    np.testing.assert_array_equal(attacks.random_start(tf.constant(x), "linf", 0.1, seed),
+                                  expected)
+
+
 @pytest.mark.parametrize("norm,ch_norm", [("linf", np.inf), ("l2", 2)])
 def test_pgd_iteration_is_cleverhans(norm, ch_norm, digits, logits_fn):
     """From the same (clean) start our while_loop PGD equals CleverHans's own PGD."""
     x, y = digits.x_test[:16], digits.y_test[:16]
     eps = EPS if norm == "linf" else 1.0
-    ours = eval_attacks.pgd(logits_fn, x, y, epsilon=eps, step_size=eps / 4, num_steps=7,
-                            norm=norm)
+    ours = attacks.pgd(logits_fn, x, y, epsilon=eps, step_size=eps / 4, num_steps=7, norm=norm)
     theirs = projected_gradient_descent(logits_fn, x, eps, eps / 4, 7, ch_norm, y=y,
                                         clip_min=0.0, clip_max=1.0, rand_init=False)
     np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-6)
@@ -125,8 +142,8 @@ def test_pgd_iteration_is_cleverhans(norm, ch_norm, digits, logits_fn):
 
 def test_eps_zero_gives_clean_accuracy_for_every_attack(digits, logits_fn):
     x, y = digits.x_test[:40], digits.y_test[:40]
-    record = evaluate.evaluate_model(logits_fn, x, y, attacks="clean,fgsm,pgd5,cw5",
-                                     epsilon=0.0, batch_size=16, show_progress=False)
+    record = runner.evaluate_model(logits_fn, x, y, attacks="clean,fgsm,pgd5,cw5",
+                                   epsilon=0.0, batch_size=16, show_progress=False)
     clean = np.mean(np.argmax(logits_fn(x).numpy(), -1) == y)
     assert clean > 0.5
     for name in ("clean", "fgsm", "pgd5", "cw5"):
@@ -136,8 +153,8 @@ def test_eps_zero_gives_clean_accuracy_for_every_attack(digits, logits_fn):
 
 def test_more_steps_never_help_on_a_trained_cnn(digits, logits_fn):
     x, y = digits.x_test, digits.y_test
-    record = evaluate.evaluate_model(logits_fn, x, y, attacks="clean,fgsm,pgd20,pgd100",
-                                     epsilon=EPS, batch_size=128, show_progress=False)
+    record = runner.evaluate_model(logits_fn, x, y, attacks="clean,fgsm,pgd20,pgd100",
+                                   epsilon=EPS, batch_size=128, show_progress=False)
     acc = record["accuracy"]
     assert acc["clean"] > 0.9
     assert acc["pgd100"] <= acc["pgd20"] <= acc["fgsm"] < acc["clean"]
@@ -157,13 +174,17 @@ def test_cw_loss_matches_its_closed_form():
         for z, t in zip(logits, labels):
             other = max(z[j] for j in range(3) if j != t)
             expected.append(-max(z[t] - other + kappa, 0.0))
-        got = eval_attacks.cw_loss(labels, logits, kappa).numpy()
+        got = attacks.cw_loss(labels, logits, kappa).numpy()
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
     # The last row trails by 61 > 50: clamped to zero, no gradient.
-    assert eval_attacks.cw_loss(labels, logits, 50.0).numpy()[3] == 0.0
-    loss_fn = eval_attacks.make_cw_loss_fn(1.5)
-    np.testing.assert_array_equal(loss_fn(labels=labels, logits=logits).numpy(),
-                                  eval_attacks.cw_loss(labels, logits, 1.5).numpy())
+    assert attacks.cw_loss(labels, logits, 50.0).numpy()[3] == 0.0
+    # CleverHans calls loss_fn(labels=, logits=) and ascends its mean: the keyword
+    # wrapper must be the closed form above, per example.
+    loss_fn = attacks.make_cw_loss_fn(1.5)
+    expected = [-max(z[t] - max(z[j] for j in range(3) if j != t) + 1.5, 0.0)
+                for z, t in zip(logits, labels)]
+    np.testing.assert_allclose(loss_fn(labels=labels, logits=logits).numpy(), expected,
+                               atol=1e-6)
 
 
 # ------------------------------------------------------------ batching and aggregation
@@ -178,12 +199,11 @@ def test_padding_and_masking_count_every_example_once():
     y = pred.copy()
     wrong = [0, 2, 4, 6, 8, 10]
     y[wrong] = (pred[wrong] + 1) % 10
-    settings = eval_attacks.attack_settings(eval_attacks.AttackSpec("clean", "clean"),
-                                            epsilon=0.0)
-    batch_fn = eval_attacks.make_batch_fn(fn, settings)
+    settings = attacks.attack_settings(attacks.AttackSpec("clean", "clean"), epsilon=0.0)
+    batch_fn = attacks.make_batch_fn(fn, settings)
     calls = []
-    out = eval_attacks.run_batched(batch_fn, x, y, batch_size=5,
-                                   progress=lambda d, t: calls.append((d, t)))
+    out = attacks.run_batched(batch_fn, x, y, batch_size=5,
+                              progress=lambda d, t: calls.append((d, t)))
     assert len(out["correct"]) == 13
     np.testing.assert_array_equal(out["correct"], pred == y)
     assert out["correct"].sum() == 7
@@ -191,9 +211,9 @@ def test_padding_and_masking_count_every_example_once():
     assert batch_fn.tracing_count() == 1
 
     # FGSM is deterministic: batched with padding == one unpadded pass over all 13.
-    record = evaluate.evaluate_model(fn, x, y, attacks="clean,fgsm", epsilon=0.05,
-                                     batch_size=5, show_progress=False)
-    adv = eval_attacks.fgsm(fn, x, y, epsilon=0.05)
+    record = runner.evaluate_model(fn, x, y, attacks="clean,fgsm", epsilon=0.05,
+                                   batch_size=5, show_progress=False)
+    adv = attacks.fgsm(fn, x, y, epsilon=0.05)
     fgsm_correct = np.argmax(fn(adv).numpy(), -1) == y
     assert record["accuracy"]["clean"] == pytest.approx(7 / 13)
     assert record["accuracy"]["fgsm"] == pytest.approx(fgsm_correct.mean())
@@ -205,11 +225,31 @@ def test_padding_and_masking_count_every_example_once():
     np.testing.assert_array_equal(flags_["__worst_case__"], worst)
 
 
+def test_padded_batches_repeat_the_last_row_and_are_cut_off():
+    seen = []
+
+    def fn(k, a, b):
+        seen.append(a.copy())
+        return dict(total=a.sum(axis=1) + b, batch=np.full(len(a), k))
+
+    a = np.arange(14).reshape(7, 2)
+    b = np.arange(7) * 10
+    out = batching.map_padded(fn, [a, b], 3)
+    np.testing.assert_array_equal(out["total"], a.sum(axis=1) + b)
+    np.testing.assert_array_equal(out["batch"], [0, 0, 0, 1, 1, 1, 2])
+    assert [len(batch) for batch in seen] == [3, 3, 3]
+    np.testing.assert_array_equal(seen[2], a[[6, 6, 6]])
+    # A batch larger than N shrinks to N (no needless padding); arrays come back too.
+    np.testing.assert_array_equal(batching.map_padded(lambda k, t: t * 2, [a], 100), a * 2)
+    with pytest.raises(ValueError):
+        batching.map_padded(fn, [a, b[:3]], 3)
+
+
 def test_restarts_keep_the_per_example_worst_case(digits, logits_fn):
     x, y = digits.x_test[:64], digits.y_test[:64]
     common = dict(epsilon=EPS, batch_size=64, show_progress=False, sanity_checks=False)
-    one = evaluate.evaluate_model(logits_fn, x, y, attacks="pgd2", **common)
-    three = evaluate.evaluate_model(logits_fn, x, y, attacks="pgd2", pgd_restarts=3, **common)
+    one = runner.evaluate_model(logits_fn, x, y, attacks="pgd2", **common)
+    three = runner.evaluate_model(logits_fn, x, y, attacks="pgd2", pgd_restarts=3, **common)
     f1 = np.array([c == "1" for c in one["robust_flags"]["pgd2"]])
     f3 = np.array([c == "1" for c in three["robust_flags"]["pgd2"]])
     # Restart 0 uses the same seed with and without restarts, so 3 restarts can only
@@ -220,7 +260,7 @@ def test_restarts_keep_the_per_example_worst_case(digits, logits_fn):
 
 def test_autoattack_through_evaluate_reports_its_components(digits, logits_fn):
     x, y = digits.x_test[:24], digits.y_test[:24]
-    record = evaluate.evaluate_model(
+    record = runner.evaluate_model(
         logits_fn, x, y, attacks="clean,autoattack", epsilon=EPS, batch_size=12,
         autoattack_options=dict(SMALL_AA, attacks=("apgd-ce", "square")),
         show_progress=False)
@@ -231,9 +271,9 @@ def test_autoattack_through_evaluate_reports_its_components(digits, logits_fn):
     assert record["accuracy"]["autoattack"] == pytest.approx(aa.mean())
     assert record["accuracy"]["autoattack"] <= record["accuracy"]["clean"]
     assert "black_box_not_beating_white_box" in {c["name"] for c in record["sanity_checks"]}
-    assert "| AA(apgd-ce,square) |" in evaluate.markdown_table([record])
-    assert evaluate.autoattack_label(evaluate.AUTOATTACK_STANDARD,
-                                     evaluate.autoattack_settings(
+    assert "| AA(apgd-ce,square) |" in table.markdown_table([record])
+    assert attacks.autoattack_label(attacks.AUTOATTACK_STANDARD,
+                                    attacks.autoattack_settings(
                                          EPS, seed=0, batch_size=1)) == "AutoAttack"
 
 
@@ -245,7 +285,7 @@ def test_resume_from_a_partial_json_equals_a_full_run(digits, logits_fn):
     x, y = digits.x_test[:30], digits.y_test[:30]
     kwargs = dict(attacks="clean,pgd5,fgsm,autoattack", epsilon=EPS, batch_size=8, seed=3,
                   autoattack_options=SMALL_AA, show_progress=False)
-    full = evaluate.evaluate_model(logits_fn, x, y, **kwargs)
+    full = runner.evaluate_model(logits_fn, x, y, **kwargs)
 
     saved = {}
 
@@ -256,12 +296,12 @@ def test_resume_from_a_partial_json_equals_a_full_run(digits, logits_fn):
             raise _Interrupt()
 
     with pytest.raises(_Interrupt):
-        evaluate.evaluate_model(logits_fn, x, y, on_update=interrupt_in_autoattack, **kwargs)
+        runner.evaluate_model(logits_fn, x, y, on_update=interrupt_in_autoattack, **kwargs)
     partial = saved["record"]
     assert not partial["complete"] and "autoattack" not in partial["accuracy"]
     assert set(partial["accuracy"]) == {"clean", "pgd5", "fgsm"}
 
-    resumed = evaluate.evaluate_model(logits_fn, x, y, previous=partial, **kwargs)
+    resumed = runner.evaluate_model(logits_fn, x, y, previous=partial, **kwargs)
     assert resumed["seconds"]["pgd5"] == partial["seconds"]["pgd5"]   # reused, not rerun
     assert resumed["accuracy"] == full["accuracy"]
     assert resumed["robust_flags"] == full["robust_flags"]
@@ -271,8 +311,8 @@ def test_resume_from_a_partial_json_equals_a_full_run(digits, logits_fn):
     # Changed settings are not reused: another seed reruns pgd5.
     changed = copy.deepcopy(partial)
     changed["attack_settings"]["pgd5"]["seed"] = 99
-    again = evaluate.evaluate_model(logits_fn, x, y, previous=changed,
-                                    **dict(kwargs, attacks="clean,pgd5"))
+    again = runner.evaluate_model(logits_fn, x, y, previous=changed,
+                                  **dict(kwargs, attacks="clean,pgd5"))
     assert again["seconds"]["pgd5"] != partial["seconds"]["pgd5"]
     assert again["robust_flags"]["pgd5"] == full["robust_flags"]["pgd5"]
 
@@ -281,48 +321,48 @@ def test_resume_from_a_partial_json_equals_a_full_run(digits, logits_fn):
 def test_sanity_checks_catch_broken_models(digits):
     x, y = digits.x_test[:16], digits.y_test[:16]
     fn = linear_fn(0)
-    assert eval_attacks.check_logits(fn(x))["passed"]
-    assert not eval_attacks.check_logits(tf.nn.softmax(fn(x)))["passed"]
+    assert checks.check_logits(fn(x))["passed"]
+    assert not checks.check_logits(tf.nn.softmax(fn(x)))["passed"]
 
     dropout = keras.layers.Dropout(0.5)
-    assert eval_attacks.check_deterministic(fn, x)["passed"]
-    assert not eval_attacks.check_deterministic(lambda t: dropout(fn(t), training=True),
-                                                x)["passed"]
+    assert checks.check_deterministic(fn, x)["passed"]
+    assert not checks.check_deterministic(lambda t: dropout(fn(t), training=True),
+                                          x)["passed"]
 
-    assert eval_attacks.check_gradients(fn, x, y)["passed"]
+    assert checks.check_gradients(fn, x, y)["passed"]
     # A saturated model: the input gradient is exactly zero for the first 6 examples.
     keep = tf.constant([0.0] * 6 + [1.0] * 10)[:, None, None, None]
-    masked = eval_attacks.check_gradients(lambda t: fn(t * keep), x, y)
+    masked = checks.check_gradients(lambda t: fn(t * keep), x, y)
     assert not masked["passed"] and "6 of 16" in masked["detail"]
-    no_path = eval_attacks.check_gradients(lambda t: fn(tf.round(t)), x, y)
+    no_path = checks.check_gradients(lambda t: fn(tf.round(t)), x, y)
     assert not no_path["passed"] and "no gradient" in no_path["detail"]
 
-    assert eval_attacks.check_eps_zero(fn, x, y)["passed"]
+    assert checks.check_eps_zero(fn, x, y)["passed"]
 
-    spec = eval_attacks.parse_attacks("fgsm,pgd20,pgd100")
-    ok = eval_attacks.check_monotone(spec, dict(fgsm=0.6, pgd20=0.5, pgd100=0.49), 1000)
+    spec = attacks.parse_attacks("fgsm,pgd20,pgd100")
+    ok = checks.check_monotone(spec, dict(fgsm=0.6, pgd20=0.5, pgd100=0.49), 1000)
     assert all(c["passed"] for c in ok) and len(ok) == 3
-    bad = eval_attacks.check_monotone(spec, dict(fgsm=0.4, pgd20=0.5, pgd100=0.55), 1000)
+    bad = checks.check_monotone(spec, dict(fgsm=0.4, pgd20=0.5, pgd100=0.55), 1000)
     assert not any(c["passed"] for c in bad)
 
     white = np.array([True] * 10 + [False] * 990)
-    assert eval_attacks.check_black_box(white, white, 1000)["passed"]
+    assert checks.check_black_box(white, white, 1000)["passed"]
     after = white.copy()
     after[:5] = False
-    assert not eval_attacks.check_black_box(white, after, 1000)["passed"]
+    assert not checks.check_black_box(white, after, 1000)["passed"]
 
 
 def test_parse_attacks_names_and_errors():
-    specs = eval_attacks.parse_attacks("clean, fgsm,PGD20,pgd100,cw,cw20,autoattack")
+    specs = attacks.parse_attacks("clean, fgsm,PGD20,pgd100,cw,cw20,autoattack")
     assert [s.name for s in specs] == ["clean", "fgsm", "PGD20", "pgd100", "cw", "cw20",
                                        "autoattack"]
     assert [(s.kind, s.steps) for s in specs][2:6] == [("pgd", 20), ("pgd", 100),
                                                        ("cw", 30), ("cw", 20)]
-    assert [eval_attacks.column_label(s) for s in specs] == [
+    assert [attacks.column_label(s) for s in specs] == [
         "Clean", "FGSM", "PGD-20", "PGD-100", "CW-inf", "CW-inf-20", "AutoAttack"]
     for bad in ("pgd", "pgd0", "deepfool", "", "cw,cw30", "pgd20,pgd20"):
-        with pytest.raises(eval_attacks.AttackError):
-            eval_attacks.parse_attacks(bad)
+        with pytest.raises(attacks.AttackError):
+            attacks.parse_attacks(bad)
 
 
 # ------------------------------------------------------------------- models, table
@@ -348,7 +388,7 @@ def test_saved_model_export_base_dir_takes_the_highest_version(trained, tmp_path
     (base / "2" / "assets.extra").mkdir()
     (base / "2" / "assets.extra" / "dac_tf_metadata.json").write_text(json.dumps(
         dict(dataset="digits", epsilon=EPS, input_shape=[8, 8, 1])))
-    fn, meta = evaluate.load_logits_fn(str(base))
+    fn, meta = loading.load_logits_fn(str(base))
     assert meta["kind"] == "saved_model" and meta["path"].endswith(os.path.join("export", "2"))
     assert meta["dataset"] == "digits" and meta["epsilon"] == EPS
     x = tf.constant(digits.x_test[:4])
@@ -357,26 +397,26 @@ def test_saved_model_export_base_dir_takes_the_highest_version(trained, tmp_path
         tape.watch(x)
         out = tf.reduce_sum(fn(x))
     assert float(tf.reduce_max(tf.abs(tape.gradient(out, x)))) > 0
-    with pytest.raises(evaluate.EvaluationError, match="neither a training run"):
-        evaluate.load_logits_fn(str(tmp_path))
+    with pytest.raises(EvaluationError, match="neither a training run"):
+        loading.load_logits_fn(str(tmp_path))
 
 
 def test_markdown_table_has_one_row_per_model():
     def record(label, clean, pgd, aa_components):
-        settings = evaluate.autoattack_settings(8 / 255, seed=0, batch_size=10)
+        settings = attacks.autoattack_settings(8 / 255, seed=0, batch_size=10)
         return dict(model_label=label, dataset="cifar10", split="test", num_examples=10000,
                     epsilon=8 / 255, epsilon_255=8.0, norm="linf",
                     attacks=["clean", "pgd20", "autoattack"], complete=True,
                     accuracy=dict(clean=clean, pgd20=pgd, autoattack=0.4512),
                     worst_case_accuracy=0.45, attack_settings=dict(autoattack=settings),
                     columns=dict(clean="Clean", pgd20="PGD-20",
-                                 autoattack=evaluate.autoattack_label(aa_components, settings)),
+                                 autoattack=attacks.autoattack_label(aa_components, settings)),
                     autoattack=dict(standard=True, components=list(aa_components)),
                     sanity_checks=[])
-    table = evaluate.markdown_table([
-        record("AT (last)", 0.82884, 0.41512, evaluate.AUTOATTACK_STANDARD),
-        record("AT (best)", 0.82675, 0.49234, evaluate.AUTOATTACK_STANDARD)])
-    lines = table.splitlines()
+    text = table.markdown_table([
+        record("AT (last)", 0.82884, 0.41512, attacks.AUTOATTACK_STANDARD),
+        record("AT (best)", 0.82675, 0.49234, attacks.AUTOATTACK_STANDARD)])
+    lines = text.splitlines()
     assert "cifar10 test, 10000 examples, L-inf eps = 8/255" in lines[0]
     assert lines[2] == "| Model | Clean | PGD-20 | AutoAttack | Worst case |"
     assert lines[4] == "| AT (last) | 82.88 | 41.51 | 45.12 | 45.00 |"
@@ -409,9 +449,9 @@ def test_cli_end_to_end_on_a_training_run(run_dir, tmp_path):
     assert result["adversarial_certainty"]["attack"] == "pgd5"
     assert result["adversarial_certainty"]["measure"] == "std"
     assert all(c["passed"] for c in result["sanity_checks"])
-    table = (tmp_path / "res" / "results.md").read_text()
-    assert "| Model | Clean | FGSM | PGD-5 | Worst case |" in table
-    row = next(line for line in table.splitlines() if line.startswith("| digits_run (best)"))
+    text = (tmp_path / "res" / "results.md").read_text()
+    assert "| Model | Clean | FGSM | PGD-5 | Worst case |" in text
+    row = next(line for line in text.splitlines() if line.startswith("| digits_run (best)"))
     assert f"| {100 * result['accuracy']['pgd5']:.2f} |" in row
     assert "| Model | Clean | FGSM | PGD-5 | Worst case |" in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -502,7 +542,7 @@ def test_unwritable_outputs_fail_in_one_line_before_any_attack(run_dir, tmp_path
 
         monkeypatch.setattr(fileio, "write_atomic", read_only)
     calls = []
-    monkeypatch.setattr(evaluate, "load_logits_fn", lambda *a: calls.append(a))
+    monkeypatch.setattr(loading, "load_logits_fn", lambda *a: calls.append(a))
     argv = [f"--model={run_dir}"] + ([f"--output={output}"] if output else [])
     code, err = _main(argv, capsys)
     assert code == 2 and len(err) == 1 and needle in err[0] and "--output" in err[0], err
@@ -530,18 +570,33 @@ def test_cli_two_models_one_table_and_resume(run_dir, tmp_path, capsys):
     argv = [f"--model={run_dir}", f"--model={run_dir}", "--checkpoint=last,best",
             "--attacks=clean,pgd3", "--num_examples=20", "--batch_size=8", f"--output={out}",
             "--noprogress"]
-    records, table = evaluate.run(_config(argv))
+    records, text = evaluate.run(_config(argv))
     doc = json.loads(out.read_text())
     assert [r["model_label"] for r in doc["models"]] == ["digits_run (last)",
                                                          "digits_run (best)"]
-    assert evaluate.read_results(str(out)) == doc["models"]
-    rows = [line for line in table.splitlines() if line.startswith("| digits_run")]
-    assert len(rows) == 2 and (tmp_path / "both.md").read_text() == table
+    assert results.read_results(str(out)) == doc["models"]
+    rows = [line for line in text.splitlines() if line.startswith("| digits_run")]
+    assert len(rows) == 2 and (tmp_path / "both.md").read_text() == text
 
     # --resume with everything done reruns nothing and gives the same numbers.
     records2, _ = evaluate.run(_config([*argv, "--resume"]))
     for a, b in zip(records, records2):
         assert a["accuracy"] == b["accuracy"] and a["seconds"] == b["seconds"]
+
+
+def test_results_table_and_resume_on_a_url_output(run_dir):
+    """`ram://` (TensorFlow's in-memory filesystem) stands in for gs://: the result file,
+    its table and --resume all go through gfile."""
+    out = "ram://evaluate_test/results/r.json"
+    argv = [f"--model={run_dir}", "--attacks=clean,pgd2", "--num_examples=16",
+            "--batch_size=8", f"--output={out}", "--noprogress"]
+    first, text = evaluate.run(_config(argv))
+    stored = results.read_results(out)
+    assert stored[0]["robust_flags"] == first[0]["robust_flags"]
+    assert fileio.read_text(table.table_path(out)) == text
+    again, _ = evaluate.run(_config([*argv, "--resume"]))
+    assert again[0]["seconds"] == first[0]["seconds"]   # every attack reused
+    assert sorted(tf.io.gfile.listdir("ram://evaluate_test/results")) == ["r.json", "r.md"]
 
 
 def test_resume_never_reuses_results_of_other_weights(run_dir, trained, tmp_path):
@@ -574,16 +629,16 @@ def test_resume_never_reuses_results_of_other_weights(run_dir, trained, tmp_path
     # Other examples under the same flags (the data file changed): not reused either.
     record = dict(first[0], data_fingerprint="0" * 64)
     info = dict(first[0])
-    assert evaluate._matching_previous([record], info) is None
-    assert evaluate._matching_previous([first[0]], info) is first[0]
+    assert results.matching_previous([record], info) is None
+    assert results.matching_previous([first[0]], info) is first[0]
 
 
 def test_attacks_differing_only_in_numbers_share_one_graph():
     fn = linear_fn(3)
     x = np.random.default_rng(0).uniform(0, 1, (6, 8, 8, 1)).astype(np.float32)
     y = np.arange(6, dtype=np.int32)
-    fns = [eval_attacks.make_batch_fn(fn, eval_attacks.attack_settings(spec, epsilon=eps))
-           for spec, eps in zip(eval_attacks.parse_attacks("pgd3,pgd7,pgd20"), (0.1, 0.2, 0.0))]
+    fns = [attacks.make_batch_fn(fn, attacks.attack_settings(spec, epsilon=eps))
+           for spec, eps in zip(attacks.parse_attacks("pgd3,pgd7,pgd20"), (0.1, 0.2, 0.0))]
     outs = [f(tf.constant(x), tf.constant(y), tf.constant([0, 0], tf.int64)) for f in fns]
     assert fns[0].function is fns[1].function is fns[2].function
     assert fns[0].tracing_count() == 1
@@ -612,7 +667,7 @@ def test_torch_module_forward_and_backward_are_the_tf_model():
 
     keras.utils.set_random_seed(1)
     model = models.build("small_cnn", num_classes=10, input_shape=(8, 8, 1), widths=(8, 8))
-    fn = evaluate._keras_logits_fn(model)
+    fn = loading.keras_logits_fn(model)
     x = np.random.default_rng(0).uniform(0, 1, (5, 8, 8, 1)).astype(np.float32)
     weights = np.random.default_rng(1).normal(size=(5, 10)).astype(np.float32)
     module = torch_bridge.TFLogitsModule(fn)
@@ -653,10 +708,10 @@ def test_official_autoattack_glue_on_a_stub_package(monkeypatch):
     x = np.random.default_rng(2).uniform(0.2, 0.8, (20, 8, 8, 1)).astype(np.float32)
     y = np.argmax(fn(x).numpy(), -1).astype(np.int32)
     y[:3] = (y[:3] + 1) % 10
-    record = evaluate.evaluate_model(fn, x, y, attacks="autoattack", epsilon=0.02,
-                                     batch_size=8, show_progress=False,
-                                     autoattack_options=dict(impl="official"))
-    adv = np.clip(eval_attacks.fgsm(fn, x, y, epsilon=0.02).numpy(), 0, 1)
+    record = runner.evaluate_model(fn, x, y, attacks="autoattack", epsilon=0.02,
+                                   batch_size=8, show_progress=False,
+                                   autoattack_options=dict(impl="official"))
+    adv = np.clip(attacks.fgsm(fn, x, y, epsilon=0.02).numpy(), 0, 1)
     expected = (np.argmax(fn(x).numpy(), -1) == y) & (np.argmax(fn(adv).numpy(), -1) == y)
     assert record["accuracy"]["autoattack"] == pytest.approx(expected.mean())
     assert record["autoattack"]["impl"] == "official"

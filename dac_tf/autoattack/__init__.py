@@ -13,7 +13,12 @@ Components (each public and usable on one batch):
   `autopgd`;
 - `fab_targeted` (FAB-T) and the hyperplane/box projection `projection_linf`, in `fab`;
 - `square` (Square attack, margin loss), in `square_attack`;
-- `run_standard_autoattack`, the resumable runner, in `runner`.
+- `run_standard_autoattack`, the resumable runner, in `runner` (with `flags_to_str` /
+  `str_to_flags`, the per-example flag encoding of its state and of the evaluation's
+  result files).
+
+Shared with the rest of dac_tf rather than copied: seeds (`dac_tf.seeds`), padded
+batches (`dac_tf.batching`) and the margin (`dac_tf.attacks.cw_margin`).
 
 Where this differs from the official code (details in each module's docstring):
 - APGD: checkpoints from the paper's closed form (identical to the official list for
@@ -51,7 +56,9 @@ from dac_tf.autoattack.runner import ATTACKS
 from dac_tf.autoattack.runner import STANDARD_ATTACKS
 from dac_tf.autoattack.runner import STANDARD_CONFIG
 from dac_tf.autoattack.runner import AutoAttackResult
+from dac_tf.autoattack.runner import flags_to_str
 from dac_tf.autoattack.runner import run_standard_autoattack
+from dac_tf.autoattack.runner import str_to_flags
 from dac_tf.autoattack.square_attack import p_selection
 from dac_tf.autoattack.square_attack import square
 from dac_tf.autoattack.square_attack import square_sizes

@@ -42,6 +42,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from dac_tf import seeds
 from dac_tf.autoattack import _common
 from dac_tf.autoattack import losses
 
@@ -152,7 +153,7 @@ def _apgd_impl(logits_fn, x, y, target, eps_b, seed, is_ckpt, seg_len, rho, loss
                                       unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     e = _common.expand_to(eps_b, x)
-    t = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, alg=_common.RNG_ALG)
+    t = tf.random.stateless_uniform(tf.shape(x), seed, -1.0, 1.0, alg=seeds.RNG_ALG)
     t_max = _common.expand_to(_common.linf_norm(t), x)
     x_adv = tf.clip_by_value(x + e * t / (t_max + 1e-12), 0.0, 1.0)
     z, loss, grad = loss_and_grad(x_adv)
@@ -247,7 +248,7 @@ def apgd(logits_fn, x, y, *, epsilon, loss="ce", n_iter=100, target_class=None, 
         target = y
     is_ckpt, seg_len = _checkpoint_tables(int(n_iter))
     eps_b = _common.per_example_eps(epsilon, x.shape[0])
-    out = _APGD[bool(jit_compile)](logits_fn, x, y, target, eps_b, _common.as_seed(seed),
+    out = _APGD[bool(jit_compile)](logits_fn, x, y, target, eps_b, seeds.as_seed(seed),
                                    is_ckpt, seg_len, tf.constant(rho, tf.float32), loss)
     return APGDOutput(*out)
 

@@ -7,25 +7,26 @@
 - `dlr_loss_targeted`: the targeted DLR loss of APGD-T,
   `-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`.
 - `margin`: `z_y - max_{i!=y} z_i`, the Square attack's (untargeted margin) loss, which
-  it *minimises*; the point is misclassified iff the margin is <= 0.
+  it *minimises*; the point is misclassified iff the margin is <= 0. It is the negated
+  Carlini-Wagner margin of `dac_tf.attacks.cw_margin`, the one implementation of
+  "largest other logit minus the true logit" (for finite logits below 1e9 in magnitude
+  the same float32 numbers and gradients as the official code's `-inf` masking: the
+  maximum over the other logits is exact either way and negating a difference is
+  exact).
 
 The 1e-12 in the denominators is the official code's value; it only matters when the
 top logits tie.
 """
 
-import numpy as np
 import tensorflow as tf
+
+from dac_tf import attacks
 
 _DENOM_EPS = 1e-12
 
 
 def _true_logit(logits, y):
     return tf.gather(logits, y, axis=1, batch_dims=1)
-
-
-def _max_other(logits, y):
-    is_y = tf.one_hot(y, tf.shape(logits)[1], on_value=True, off_value=False)
-    return tf.reduce_max(tf.where(is_y, -np.inf, logits), axis=1)
 
 
 def ce_loss(logits, y):
@@ -35,7 +36,7 @@ def ce_loss(logits, y):
 
 def margin(logits, y):
     """`z_y - max_{i != y} z_i` per example (negative iff misclassified, ties aside)."""
-    return _true_logit(logits, y) - _max_other(logits, y)
+    return -attacks.cw_margin(logits, y)
 
 
 def dlr_loss(logits, y):

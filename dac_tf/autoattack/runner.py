@@ -109,11 +109,17 @@ class AutoAttackResult:
     state: dict
 
 
-def _flags_to_str(flags):
-    return "".join("1" if f else "0" for f in flags)
+def flags_to_str(flags):
+    """Per-example booleans as JSON-friendly text: "1" robust, "0" not, one per example.
+
+    The encoding of this runner's resumable state and of the evaluation's result files
+    (`dac_tf.evaluation.results`), so per-component flags are copied across unchanged.
+    """
+    return "".join("1" if f else "0" for f in np.asarray(flags, bool))
 
 
-def _str_to_flags(s):
+def str_to_flags(s):
+    """The inverse of `flags_to_str`: a bool array [N]."""
     return np.frombuffer(s.encode("ascii"), np.uint8) == ord("1")
 
 
@@ -187,7 +193,7 @@ def run_standard_autoattack(logits_fn, x, y, *, epsilon, seed=0, batch_size=500,
         clean = _common.batched_predict(logits_fn, x, batch_size, jit_compile) == y
         state = dict(format=_STATE_FORMAT, n=n, epsilon=epsilon, config=config,
                      attacks=list(attacks), completed=[], current=None,
-                     flags={"clean": _flags_to_str(clean)}, robust=_flags_to_str(clean),
+                     flags={"clean": flags_to_str(clean)}, robust=flags_to_str(clean),
                      accuracy={"clean": float(clean.mean()) if n else 0.0},
                      seconds={"clean": time.perf_counter() - t0}, n_attacked={})
         _log.info("AutoAttack clean accuracy: %.2f%%", 100 * state["accuracy"]["clean"])
@@ -205,8 +211,8 @@ def run_standard_autoattack(logits_fn, x, y, *, epsilon, seed=0, batch_size=500,
         previous = state["completed"][-1] if state["completed"] else "clean"
         # Batches are formed from the flags at the attack's start, so a resumed attack
         # sees the same batches (and seeds) as an uninterrupted one.
-        todo = np.flatnonzero(_str_to_flags(state["flags"][previous]))
-        robust = _str_to_flags(state["robust"])
+        todo = np.flatnonzero(str_to_flags(state["flags"][previous]))
+        robust = str_to_flags(state["robust"])
         current = state["current"]
         if current is None or current["attack"] != attack:
             current = state["current"] = dict(attack=attack, batches_done=0, seconds=0.0)
@@ -226,7 +232,7 @@ def run_standard_autoattack(logits_fn, x, y, *, epsilon, seed=0, batch_size=500,
             adv_found[idx[broken]] = True
             current["batches_done"] = k + 1
             current["seconds"] += time.perf_counter() - t0
-            state["robust"] = _flags_to_str(robust)
+            state["robust"] = flags_to_str(robust)
             _log.info("%s - batch %d/%d - %d of %d points broken", attack, k + 1, n_batches,
                       int(broken.sum()), len(idx))
             emit()
@@ -241,7 +247,7 @@ def run_standard_autoattack(logits_fn, x, y, *, epsilon, seed=0, batch_size=500,
         emit()
 
     components = tuple(state["completed"])
-    flags = {k: _str_to_flags(v) for k, v in state["flags"].items()}
+    flags = {k: str_to_flags(v) for k, v in state["flags"].items()}
     final = flags[components[-1]] if components else flags["clean"]
     is_standard = (components == STANDARD_ATTACKS
                    and all(config[k] == v for k, v in STANDARD_CONFIG.items()))

@@ -33,6 +33,7 @@ import math
 import numpy as np
 import tensorflow as tf
 
+from dac_tf import seeds
 from dac_tf.autoattack import _common
 from dac_tf.autoattack import autopgd
 from dac_tf.autoattack import losses
@@ -82,7 +83,7 @@ def _square_impl(logits_fn, x, y, eps_b, seed, sizes):
     n_queries = tf.shape(sizes)[0]
 
     stripes = tf.sign(tf.random.stateless_uniform(
-        [bs, 1, w, c], _common.fold_seed_graph(seed, 0), -1.0, 1.0, alg=_common.RNG_ALG))
+        [bs, 1, w, c], _common.fold_seed(seed, 0), -1.0, 1.0, alg=seeds.RNG_ALG))
     x_best = tf.clip_by_value(x + e * stripes, 0.0, 1.0)
     margin = losses.margin(_common.float_logits(logits_fn, x_best), y)
     # The standard version's loss is the margin itself, so one tracker serves both the
@@ -98,15 +99,15 @@ def _square_impl(logits_fn, x, y, eps_b, seed, sizes):
     def body(i, x_best, loss_min, margin_min, queries):
         active = margin_min > 0.0
         s = sizes[i]
-        sd = _common.fold_seed_graph(seed, i + 1)
-        vh = tf.random.stateless_uniform([bs], _common.fold_seed_graph(sd, 0), 0, h - s + 1,
-                                         dtype=tf.int32, alg=_common.RNG_ALG)
-        vw = tf.random.stateless_uniform([bs], _common.fold_seed_graph(sd, 1), 0, w - s + 1,
-                                         dtype=tf.int32, alg=_common.RNG_ALG)
+        sd = _common.fold_seed(seed, i + 1)
+        vh = tf.random.stateless_uniform([bs], _common.fold_seed(sd, 0), 0, h - s + 1,
+                                         dtype=tf.int32, alg=seeds.RNG_ALG)
+        vw = tf.random.stateless_uniform([bs], _common.fold_seed(sd, 1), 0, w - s + 1,
+                                         dtype=tf.int32, alg=seeds.RNG_ALG)
         vh = vh[:, None, None, None]
         vw = vw[:, None, None, None]
-        signs = tf.random.stateless_uniform([bs, 1, 1, c], _common.fold_seed_graph(sd, 2), 0, 2,
-                                            dtype=tf.int32, alg=_common.RNG_ALG)
+        signs = tf.random.stateless_uniform([bs, 1, 1, c], _common.fold_seed(sd, 2), 0, 2,
+                                            dtype=tf.int32, alg=seeds.RNG_ALG)
         signs = tf.cast(2 * signs - 1, tf.float32)
         window = ((rows >= vh) & (rows < vh + s) & (cols >= vw) & (cols < vw + s))
         x_new = x_best + tf.cast(window, tf.float32) * 2.0 * e * signs
@@ -156,6 +157,6 @@ def square(logits_fn, x, y, *, epsilon, n_queries=5000, p_init=P_INIT, seed=0,
                          rescale_schedule)
     eps_b = _common.per_example_eps(epsilon, x.shape[0])
     x_adv, success, queries = _SQUARE[bool(jit_compile)](
-        logits_fn, x, y, eps_b, _common.as_seed(seed), tf.constant(sizes))
+        logits_fn, x, y, eps_b, seeds.as_seed(seed), tf.constant(sizes))
     out = autopgd.AttackOutput(x_adv, success)
     return (out, queries) if return_queries else out

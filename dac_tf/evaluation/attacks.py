@@ -1,7 +1,9 @@
-"""Evaluation attacks through CleverHans, batched with padding, and the sanity checks.
+"""The evaluation's attacks: names, settings, and CleverHans run on padded batches.
 
-The white-box attacks of `python -m dac_tf.evaluate` are CleverHans's (`cleverhans.tf2`,
-version 4.0.0):
+Evaluation reports robustness with the field's standard attack library, CleverHans
+(`cleverhans.tf2`, version 4.0.0), and with AutoAttack (`dac_tf.autoattack`), not with
+training's PGD (`dac_tf.attacks`, built for XLA, train-mode BatchNorm and the TRADES
+loss): a number is then comparable with the tables of other papers.
 
 - `fgsm`: `fast_gradient_method` with the true labels, one step of eps from the clean
   input, no random start (Goodfellow et al.; the FGSM column of TRADES/FAT tables).
@@ -12,6 +14,8 @@ version 4.0.0):
 - `cw` / `cwK`: CW-inf, the same PGD on the Carlini-Wagner margin loss with confidence
   kappa, `-max(z_y - max_{j != y} z_j + kappa, 0)` (the `cwloss` of the CAT / FAT /
   GAIRAT code bases, kappa = 50), passed to CleverHans as `loss_fn(labels=, logits=)`.
+- `autoattack`: its settings are defined here (`autoattack_settings`), its run in
+  `dac_tf.evaluation.runner`.
 
 Two things differ from calling `projected_gradient_descent` itself, for reasons that
 matter in an evaluation (a test checks the iteration is CleverHans's, bit for bit, from
@@ -22,7 +26,8 @@ the same start):
 - the random start is drawn with stateless ops from an explicit seed (same
   distributions as CleverHans's `random_lp_vector`: uniform in the L-inf box, uniform in
   the L2 ball), where CleverHans uses unseeded stateful `tf.random.uniform`: with it a
-  run can be neither reproduced nor resumed.
+  run can be neither reproduced nor resumed. The L-inf draw is training's uniform start
+  (`dac_tf.attacks.random_init`), the same computation.
 
 CleverHans on Keras 3 (TF 2.21, Keras 3.15; checked for this module):
 - works: `fast_gradient_method`, `projected_gradient_descent`,
@@ -30,28 +35,19 @@ CleverHans on Keras 3 (TF 2.21, Keras 3.15; checked for this module):
   returning logits), eagerly and inside `tf.function`;
 - `sanity_checks=True` fails in graph mode (it calls `np.all` on symbolic tensors:
   NotImplementedError): pass `sanity_checks=False` there, as done here, and check the
-  inputs separately (`check_*` below);
+  inputs separately (`dac_tf.evaluation.checks`);
 - broken: `carlini_wagner_l2` (calls `optimizer.variables()`, a list in Keras 3:
   TypeError) and `spsa` (its `SPSAAdam` passes `lr=` to the Keras 3 Adam: ValueError).
   Hence `cw` here is CW-inf (PGD on the CW loss), which is also what the paper's CW-inf
   column is.
 
-Every batch has the same shape: the last partial batch is padded (with copies of its
-last example) to the full size so that the `tf.function` is traced once, and the padded
-rows are cut off before anything is counted.
-
-Sanity checks follow the advice of fra31/auto-attack (`checks.py`): logits and not
-probabilities, a deterministic forward pass, non-zero input gradients, black-box not
-beating white-box; plus eps = 0 reproducing clean predictions, more PGD steps never
-raising the robust accuracy, FGSM never beating PGD, and every adversarial example in
-the ball and the box. Each returns a `dict(name, passed, detail)`; `passed` is None when
-a check could not be run.
+Every batch has the same shape (`dac_tf.batching`): the last partial batch is padded to
+the full size so that the `tf.function` is traced once, and the padded rows are cut off
+before anything is counted.
 """
 
 import dataclasses
 import re
-import sys
-import time
 import weakref
 import zlib
 
@@ -60,10 +56,15 @@ import tensorflow as tf
 from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
 
+from dac_tf import attacks as training_attacks
+from dac_tf import autoattack
+from dac_tf import batching
 from dac_tf import certainty
 from dac_tf import errors
+from dac_tf import protocol
+from dac_tf import seeds
 
-NORMS = ("linf", "l2")
+NORMS = training_attacks.NORMS
 KINDS = ("clean", "fgsm", "pgd", "cw", "autoattack")
 _CLEVERHANS_NORM = {"linf": np.inf, "l2": 2}
 
@@ -72,13 +73,17 @@ _CLEVERHANS_NORM = {"linf": np.inf, "l2": 2}
 DEFAULT_CW_CONFIDENCE = 50.0
 DEFAULT_CW_STEPS = 30
 # Step eps/4, i.e. 2/255 at eps = 8/255: the robust-overfitting code base's
-# `--pgd-alpha 2`, inherited by the DAC reference (at_edac_cifar10.py).
-DEFAULT_STEP_FRACTION = 0.25
-# Tolerances of the checks, in float32 pixel units / fractions of the examples.
-BALL_TOL = 1e-5
-# fra31/auto-attack `check_square_sr`: Square may lower the accuracy by at most 0.2%.
-BLACK_BOX_TOL = 0.002
-_RNG_ALG = "philox"
+# `--pgd-alpha 2`, inherited by the DAC reference, and its selection attack's step.
+DEFAULT_STEP_FRACTION = protocol.SELECTION_PROTOCOLS["at"].step_fraction
+
+# The standard AutoAttack: its components and budgets are the native implementation's.
+AUTOATTACK_STANDARD = autoattack.STANDARD_ATTACKS
+AUTOATTACK_BUDGETS = autoattack.STANDARD_CONFIG
+WHITE_BOX_AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t")
+# --autoattack_impl -> the PyTorch package `dac_tf.torch_bridge` runs (None: native).
+AUTOATTACK_PACKAGES = {"native": None, "official": "autoattack",
+                       "pyautoattack": "pyautoattack"}
+AUTOATTACK_IMPLS = tuple(AUTOATTACK_PACKAGES)
 
 VALID_ATTACKS_TEXT = ("clean, fgsm, pgdK (K steps, e.g. pgd20, pgd100), cw (CW-inf, "
                       f"{DEFAULT_CW_STEPS} steps) or cwK, autoattack")
@@ -165,7 +170,8 @@ def cw_loss(labels, logits, confidence=DEFAULT_CW_CONFIDENCE):
 
     `-max(z_y - max_{j != y} z_j + confidence, 0)`: its gradient is the margin's while
     the true class leads (or trails by less than `confidence`), zero once another
-    class leads by `confidence`.
+    class leads by `confidence`. The margin is training's `cw_margin` (one
+    implementation; the sign and the confidence are this loss's own).
 
     Args:
       labels: int labels [B].
@@ -175,12 +181,8 @@ def cw_loss(labels, logits, confidence=DEFAULT_CW_CONFIDENCE):
     Returns:
       float32 [B].
     """
-    logits = tf.cast(logits, tf.float32)
-    onehot = tf.one_hot(tf.cast(labels, tf.int32), tf.shape(logits)[-1], dtype=tf.float32)
-    real = tf.reduce_sum(onehot * logits, axis=-1)
-    # Large negative offset on the true class so the max runs over the others.
-    other = tf.reduce_max(logits - onehot * 1e9, axis=-1)
-    return -tf.nn.relu(real - other + confidence)
+    margin = training_attacks.cw_margin(logits, tf.cast(labels, tf.int32))
+    return -tf.nn.relu(confidence - margin)
 
 
 def make_cw_loss_fn(confidence=DEFAULT_CW_CONFIDENCE):
@@ -205,8 +207,11 @@ def _check_norm(norm):
 def random_start(x, norm, epsilon, seed, clip_min=0.0, clip_max=1.0):
     """A uniformly random point of the ball around `x`, clipped to the box.
 
-    CleverHans's `random_lp_vector` distributions (L-inf: uniform per pixel; L2:
-    uniform in the ball, Calafiore et al.), drawn with stateless ops.
+    CleverHans's `random_lp_vector` distributions, drawn with stateless ops. L-inf:
+    uniform per pixel, which is training's uniform start (`dac_tf.attacks.random_init`:
+    the same draw; CleverHans's `clip_eta` would not change it). L2: uniform in the ball
+    (Calafiore et al.), then CleverHans's `clip_eta` against float rounding; training's
+    L2 start has another radius distribution (the robust-overfitting code's).
 
     Args:
       x: images [B, ...].
@@ -218,22 +223,20 @@ def random_start(x, norm, epsilon, seed, clip_min=0.0, clip_max=1.0):
       Starting points, same shape as `x`.
     """
     _check_norm(norm)
+    if norm == "linf":
+        return training_attacks.random_init(x, "linf", epsilon, "uniform", seed,
+                                            clip_min, clip_max)
     epsilon = tf.cast(epsilon, x.dtype)
     shape = tf.shape(x)
-    if norm == "linf":
-        eta = tf.random.stateless_uniform(shape, seed, -1.0, 1.0, dtype=x.dtype,
-                                          alg=_RNG_ALG) * epsilon
-    else:
-        dir_seed, radius_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, 2, alg=_RNG_ALG))
-        flat = tf.random.stateless_normal(tf.stack([shape[0], tf.reduce_prod(shape[1:])]),
-                                          dir_seed, dtype=x.dtype, alg=_RNG_ALG)
-        dim = tf.cast(tf.shape(flat)[1], x.dtype)
-        w = tf.random.stateless_uniform(tf.stack([shape[0], 1]), radius_seed,
-                                        dtype=x.dtype, alg=_RNG_ALG) ** (1.0 / dim)
-        flat = flat / tf.maximum(tf.norm(flat, axis=1, keepdims=True), 1e-12)
-        eta = tf.reshape(epsilon * w * flat, shape)
-    eta = clip_eta(eta, _CLEVERHANS_NORM[norm], epsilon)
+    dir_seed, radius_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 2, alg=seeds.RNG_ALG))
+    flat = tf.random.stateless_normal(tf.stack([shape[0], tf.reduce_prod(shape[1:])]),
+                                      dir_seed, dtype=x.dtype, alg=seeds.RNG_ALG)
+    dim = tf.cast(tf.shape(flat)[1], x.dtype)
+    w = tf.random.stateless_uniform(tf.stack([shape[0], 1]), radius_seed,
+                                    dtype=x.dtype, alg=seeds.RNG_ALG) ** (1.0 / dim)
+    flat = flat / tf.maximum(tf.norm(flat, axis=1, keepdims=True), 1e-12)
+    eta = clip_eta(tf.reshape(epsilon * w * flat, shape), _CLEVERHANS_NORM[norm], epsilon)
     return tf.clip_by_value(x + eta, clip_min, clip_max)
 
 
@@ -296,6 +299,7 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss_fn=N
         x_adv = fast_gradient_method(model_fn, x_adv, step_size, ch_norm, loss_fn,
                                      clip_min=clip_min, clip_max=clip_max, y=y,
                                      sanity_checks=False)
+        # CleverHans's own projection, so the iteration is exactly its PGD's.
         eta = clip_eta(x_adv - x, ch_norm, epsilon)
         return i + 1, tf.stop_gradient(tf.clip_by_value(x + eta, clip_min, clip_max))
 
@@ -351,6 +355,54 @@ def attack_settings(spec, *, epsilon, norm="linf", step_size=None, restarts=1,
     return out
 
 
+def autoattack_settings(epsilon, *, seed, batch_size, options=None):
+    """The settings of one AutoAttack run (what must match for its result to be reused).
+
+    Args:
+      epsilon: L-inf budget in [0, 1] units.
+      seed: integer seed.
+      batch_size: examples per attack batch.
+      options: overrides: `impl` ("native": `dac_tf.autoattack`; "official" or
+        "pyautoattack": that PyTorch package through `dac_tf.torch_bridge`), `attacks`
+        (components, in order), `jit_compile` (not a setting: it does not change the
+        result) and the budgets `apgd_n_iter`, `fab_n_iter`, `square_n_queries`,
+        `n_target_classes` (for tests and smoke runs; anything non-default marks the
+        result non-standard).
+
+    Returns:
+      A JSON-serialisable dict.
+
+    Raises:
+      AttackError: an unknown option, component or implementation.
+    """
+    options = dict(options or {})
+    unknown = set(options) - {"attacks", "jit_compile", "impl", *AUTOATTACK_BUDGETS}
+    if unknown:
+        raise AttackError(f"unknown AutoAttack options {sorted(unknown)}.")
+    components = tuple(options.pop("attacks", AUTOATTACK_STANDARD))
+    bad = [c for c in components if c not in AUTOATTACK_STANDARD]
+    if bad or not components or len(set(components)) != len(components):
+        raise AttackError(f"--autoattack_attacks={','.join(components)} must be distinct "
+                          f"names among {', '.join(AUTOATTACK_STANDARD)}.")
+    options.pop("jit_compile", None)
+    impl = options.pop("impl", "native")
+    if impl not in AUTOATTACK_IMPLS:
+        raise AttackError(f"--autoattack_impl={impl!r} is not valid; use one of "
+                          f"{', '.join(AUTOATTACK_IMPLS)}.")
+    budgets = {k: int(options.get(k, v)) for k, v in AUTOATTACK_BUDGETS.items()}
+    return dict(kind="autoattack", impl=impl, norm="linf", epsilon=float(epsilon),
+                seed=int(seed), batch_size=int(batch_size), attacks=list(components), **budgets)
+
+
+def autoattack_label(components, settings):
+    """The table header of an AutoAttack column; never "AutoAttack" for a subset."""
+    if tuple(components) != AUTOATTACK_STANDARD:
+        return f"AA({','.join(components)})"
+    if any(settings[k] != v for k, v in AUTOATTACK_BUDGETS.items()):
+        return "AutoAttack*"
+    return "AutoAttack"
+
+
 def attack_seed(seed, name):
     """The base stateless seed of an attack family ("pgd", "cw", ...).
 
@@ -363,11 +415,13 @@ def attack_seed(seed, name):
 
 
 def _fold(seed, k):
-    return tf.random.experimental.stateless_fold_in(seed, tf.cast(k, tf.int32), alg=_RNG_ALG)
+    # The evaluation's streams fold int32 data (`seeds.fold`).
+    return seeds.fold(seed, k, data_dtype=tf.int32)
 
 
 # -------------------------------------------------------------------- batch functions
-def _float_logits_fn(logits_fn):
+def float_logits_fn(logits_fn):
+    """`logits_fn` with float32 outputs (mixed-precision models return float16)."""
     return lambda t: tf.cast(logits_fn(t), tf.float32)
 
 
@@ -480,7 +534,7 @@ def make_batch_fn(logits_fn, settings, jit_compile=False):
     except TypeError:   # not weak-referenceable: no cache
         cache = {}
     if key not in cache:
-        run = _BUILDERS[kind](_float_logits_fn(logits_fn), structure)
+        run = _BUILDERS[kind](float_logits_fn(logits_fn), structure)
         cache[key] = tf.function(run, jit_compile=jit_compile)
     params = dict(epsilon=tf.constant(settings.get("epsilon", 0.0), tf.float32),
                   step_size=tf.constant(settings.get("step_size", 0.0), tf.float32),
@@ -489,24 +543,11 @@ def make_batch_fn(logits_fn, settings, jit_compile=False):
     return BatchFn(cache[key], params)
 
 
-def padded_batches(n, batch_size):
-    """(start, stop) of each batch of `range(n)`; every batch is later padded to full size."""
-    return [(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
-
-
-def pad_to(a, size):
-    """Pads the first axis of `a` to `size` by repeating its last row."""
-    missing = size - len(a)
-    if missing <= 0:
-        return a
-    return np.concatenate([a, np.repeat(a[-1:], missing, axis=0)], axis=0)
-
-
 def run_batched(batch_fn, x, y, *, batch_size, seed_base=None, progress=None):
     """Runs `batch_fn` over all examples, every batch padded to `batch_size`.
 
-    The padded rows are cut off before the results are joined, so each example is
-    counted exactly once whatever N and the batch size are.
+    The padded rows are cut off before the results are joined (`dac_tf.batching`), so
+    each example is counted exactly once whatever N and the batch size are.
 
     Args:
       batch_fn: from `make_batch_fn`.
@@ -517,184 +558,15 @@ def run_batched(batch_fn, x, y, *, batch_size, seed_base=None, progress=None):
       progress: optional callable(done_examples, total).
 
     Returns:
-      Dict of NumPy arrays [N] (the keys of `batch_fn`'s output).
+      Dict of NumPy arrays [N] (the keys of `batch_fn`'s output); empty for N = 0.
     """
-    n = len(x)
-    batch_size = max(1, min(int(batch_size), n))
+    if not len(x):
+        return {}
     if seed_base is None:
         seed_base = tf.constant([0, 0], tf.int64)
-    parts = []
-    for k, (start, stop) in enumerate(padded_batches(n, batch_size)):
-        xb = tf.constant(pad_to(x[start:stop], batch_size))
-        yb = tf.constant(pad_to(np.asarray(y[start:stop], np.int32), batch_size))
-        out = batch_fn(xb, yb, _fold(seed_base, k))
-        parts.append({key: v.numpy()[:stop - start] for key, v in out.items()})
-        if progress is not None:
-            progress(stop, n)
-    if not parts:
-        return {}
-    return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
+    def call(k, xb, yb):
+        return batch_fn(tf.constant(xb), tf.constant(yb), _fold(seed_base, k))
 
-class Progress:
-    """A one-line progress bar on stderr (a line per 25% when stderr is not a terminal)."""
-
-    def __init__(self, title, stream=None, width=30):
-        self.title = title
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.start = time.perf_counter()
-        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_quarter = -1
-
-    def __call__(self, done, total, elapsed=None):
-        frac = done / total if total else 1.0
-        if elapsed is None:
-            elapsed = time.perf_counter() - self.start
-        filled = int(round(self.width * frac))
-        line = (f"{self.title} [{'=' * filled}{'.' * (self.width - filled)}] "
-                f"{done}/{total} {elapsed:.1f}s")
-        if self._tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-        else:
-            quarter = int(frac * 4)
-            if quarter == self._last_quarter:
-                return
-            self._last_quarter = quarter
-            self.stream.write(line + "\n")
-        self.stream.flush()
-
-
-# --------------------------------------------------------------------- sanity checks
-def _check(name, passed, detail):
-    return dict(name=name, passed=None if passed is None else bool(passed), detail=detail)
-
-
-def check_logits(logits):
-    """Outputs must be logits: not all rows in [0, 1] summing to 1 (softmax outputs)."""
-    logits = np.asarray(logits, np.float64)
-    in_unit = bool(np.all((logits >= 0) & (logits <= 1)))
-    sums_one = bool(np.allclose(logits.sum(axis=1), 1.0, atol=1e-4))
-    passed = not (in_unit and sums_one)
-    detail = ("outputs look like logits" if passed else
-              "every output row lies in [0, 1] and sums to 1: the model returns "
-              "probabilities; attacks and the CW loss need logits")
-    return _check("outputs_are_logits", passed, detail)
-
-
-def check_deterministic(logits_fn, x, tol=1e-5):
-    """Two forward passes on the same batch must agree (no dropout, BN in inference)."""
-    a = np.asarray(logits_fn(tf.constant(x)), np.float64)
-    b = np.asarray(logits_fn(tf.constant(x)), np.float64)
-    diff = float(np.max(np.abs(a - b))) if a.size else 0.0
-    scale = max(1.0, float(np.max(np.abs(a)))) if a.size else 1.0
-    passed = diff <= tol * scale
-    return _check("deterministic_forward", passed,
-                  f"max |difference| between two passes: {diff:.3g}"
-                  + ("" if passed else " (randomness in the forward pass, e.g. dropout or "
-                     "BatchNorm in training mode, makes gradient attacks unreliable)"))
-
-
-def check_gradients(logits_fn, x, y):
-    """The input gradient of the cross-entropy must be non-zero for every example."""
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = ce_loss_fn(labels=tf.constant(y), logits=logits_fn(x))
-    grad = tape.gradient(loss, x)
-    if grad is None:
-        return _check("nonzero_input_gradients", False,
-                      "no gradient flows from the logits to the input")
-    norms = np.abs(grad.numpy().reshape(len(y), -1)).max(axis=1)
-    zero = int(np.sum(norms == 0))
-    return _check("nonzero_input_gradients", zero == 0,
-                  f"{zero} of {len(y)} examples have an all-zero input gradient"
-                  + ("" if zero == 0 else " (gradient masking: white-box numbers may "
-                     "overestimate robustness)"))
-
-
-def check_eps_zero(logits_fn, x, y, *, norm="linf", steps=5):
-    """PGD with eps = 0 must reproduce the clean predictions exactly."""
-    model_fn = _float_logits_fn(logits_fn)
-    x = tf.constant(x)
-    y = tf.constant(np.asarray(y, np.int32))
-    adv = pgd(model_fn, x, y, epsilon=0.0, step_size=0.01, num_steps=steps, norm=norm,
-              seed=tf.constant([0, 0], tf.int64))
-    same_input = bool(np.array_equal(adv.numpy(), x.numpy()))
-    clean = np.argmax(model_fn(x).numpy(), -1)
-    attacked = np.argmax(model_fn(adv).numpy(), -1)
-    passed = same_input and bool(np.array_equal(clean, attacked))
-    return _check("eps_zero_is_clean", passed,
-                  "PGD with eps=0 returns the input and its predictions" if passed else
-                  f"PGD with eps=0 changed the input ({not same_input}) or "
-                  f"{int(np.sum(clean != attacked))} predictions")
-
-
-def check_in_ball(name, results, epsilon, norm):
-    """Every adversarial example lies in the eps-ball around its input and in [0, 1]."""
-    dist = results["linf" if norm == "linf" else "l2"]
-    worst = float(dist.max()) if len(dist) else 0.0
-    out_of_box = int(np.sum(~results["in_box"]))
-    passed = worst <= epsilon + BALL_TOL and out_of_box == 0
-    return _check(f"{name}_in_ball_and_box", passed,
-                  f"max {norm} distance {worst:.6g} (eps {epsilon:.6g}), "
-                  f"{out_of_box} examples outside [0, 1]")
-
-
-def check_monotone(specs, accuracy, n):
-    """More PGD steps never raise the accuracy; FGSM never beats PGD (CW likewise).
-
-    Random starts make two runs differ slightly, so a rise of at most
-    max(1 example, 0.1%) is tolerated.
-
-    Args:
-      specs: the `AttackSpec`s that ran.
-      accuracy: name -> robust accuracy in [0, 1].
-      n: number of examples.
-
-    Returns:
-      A list of check dicts (empty when no pair applies).
-    """
-    tol = max(1.0 / n, 0.001) if n else 0.0
-    checks = []
-    pgds = sorted((s for s in specs if s.kind == "pgd" and s.name in accuracy),
-                  key=lambda s: s.steps)
-    for few, many in zip(pgds, pgds[1:]):
-        a_few, a_many = accuracy[few.name], accuracy[many.name]
-        checks.append(_check(
-            f"{many.name}_not_above_{few.name}", a_many <= a_few + tol,
-            f"{many.name} {100 * a_many:.2f}% vs {few.name} {100 * a_few:.2f}%"
-            + ("" if a_many <= a_few + tol else
-               ": more steps gave a higher robust accuracy (the attack has not converged "
-               "or the gradients are obfuscated)")))
-    for weak in (s for s in specs if s.kind == "fgsm" and s.name in accuracy):
-        for strong in pgds:
-            a_weak, a_strong = accuracy[weak.name], accuracy[strong.name]
-            checks.append(_check(
-                f"{weak.name}_not_below_{strong.name}", a_weak + tol >= a_strong,
-                f"{weak.name} {100 * a_weak:.2f}% vs {strong.name} {100 * a_strong:.2f}%"
-                + ("" if a_weak + tol >= a_strong else
-                   ": one-step FGSM beats iterative PGD (a sign of gradient masking)")))
-    return checks
-
-
-def check_black_box(flags_white, flags_after_square, n):
-    """Square (black-box) must not break points every white-box attack left robust.
-
-    Args:
-      flags_white: [N] bool, robust to every white-box attack run (AND over them).
-      flags_after_square: [N] bool, robust after AutoAttack including Square.
-      n: number of examples.
-
-    Returns:
-      A check dict (fra31/auto-attack's threshold: at most 0.2% of the points).
-    """
-    extra = int(np.sum(flags_white & ~flags_after_square))
-    frac = extra / n if n else 0.0
-    passed = frac <= BLACK_BOX_TOL
-    return _check("black_box_not_beating_white_box", passed,
-                  f"Square broke {extra} points ({100 * frac:.2f}%) that survived every "
-                  "white-box attack" + ("" if passed else
-                                        ": the white-box numbers are unreliable (gradient "
-                                        "masking); consider adaptive attacks"))
-
+    return batching.map_padded(call, [np.asarray(x), np.asarray(y, np.int32)], batch_size,
+                               progress=progress)
