@@ -10,7 +10,9 @@ weight decay on every trainable weight. `use_dac=False` skips phase A: the plain
 through the same code path. `reference_bn_updates=True` adds the reference code's
 train-mode forwards whose only lasting effect is on the BatchNorm moving statistics.
 
-The wrapper owns no variables: saving, exporting and `predict` go through the base model.
+The wrapper owns no variables: exporting and `predict` go through the base model. A
+DACModel saved whole (`model.save("x.keras")`, `ModelCheckpoint`) also keeps its
+optimizer, so a loaded one continues training where it stopped (`compile_from_config`).
 """
 
 import math
@@ -18,11 +20,14 @@ import math
 import keras
 import numpy as np
 import tensorflow as tf
+# Keras has no public way to declare a metric's direction; see _MetricDirections.
+from keras.src.trainers import compile_utils
 
 from dac_tf import attacks
 from dac_tf import certainty
 from dac_tf import objectives
 from dac_tf import schedules
+from dac_tf import seeds
 
 
 def _num_replicas():
@@ -172,10 +177,54 @@ def _replica_id():
 
 def derive_seed(seed, iteration, replica_id=0):
     """The stateless seed of one attack: fold_in(fold_in([seed, 0], iteration), replica_id)."""
-    fold_in = tf.random.experimental.stateless_fold_in
-    base = tf.constant([int(seed), 0], tf.int64)
-    return fold_in(fold_in(base, tf.cast(iteration, tf.int64), alg="philox"),
-                   tf.cast(replica_id, tf.int64), alg="philox")
+    return seeds.fold(tf.constant([int(seed), 0], tf.int64), iteration, replica_id)
+
+
+# Which way each value DACModel logs improves, for Keras' `mode="auto"` (EarlyStopping,
+# ModelCheckpoint, ReduceLROnPlateau; a `val_` key is looked up without its prefix), and
+# the same for the keys `dac_tf.callbacks.RobustValidation` adds (`val_robust_accuracy`,
+# `val_clean_accuracy`, `val_adv_certainty`). Adversarial certainty and the AC loss are
+# "down" because lowering AC is what DAC trains for; a lower AC is not a more robust model
+# in general, so monitor `val_robust_accuracy` to keep the most robust one.
+METRIC_DIRECTIONS = {
+    "loss": "down", "accuracy": "up", "adv_accuracy": "up", "adv_certainty": "down",
+    "ac_loss": "down", "clean_accuracy": "up", "robust_accuracy": "up",
+}
+
+
+class _Direction(keras.metrics.Metric):
+    """A stateless stand-in that carries only a metric name and its direction."""
+
+    def __init__(self, name, direction):
+        super().__init__(name=name)
+        self._direction = direction   # the attribute Keras' monitor callbacks read
+
+    def update_state(self, *args, **kwargs):
+        raise NotImplementedError(f"{self.name!r} only declares a direction.")
+
+    def result(self):
+        raise NotImplementedError(f"{self.name!r} only declares a direction.")
+
+
+class _MetricDirections(compile_utils.MetricsList):
+    """Tells Keras' monitor callbacks the direction of each key in `METRIC_DIRECTIONS`.
+
+    Keras 3 resolves `mode="auto"` (`MonitorCallback._set_monitor_op`) from the
+    `_direction` of the metrics it finds inside a `CompileMetrics` or `MetricsList` in
+    `model.metrics` and ignores metrics listed there directly, as a custom `train_step`'s
+    trackers are: without this container only "loss" resolves, and "val_accuracy" fails
+    although its tracker is a SparseCategoricalAccuracy (direction "up"). It also names
+    keys DACModel itself does not compute (`robust_accuracy`). Its entries hold no state
+    and it reports no values (`result` is empty): the trackers report them.
+    """
+
+    def __init__(self):
+        super().__init__([_Direction(name, direction)
+                          for name, direction in METRIC_DIRECTIONS.items()],
+                         name="metric_directions")
+
+    def result(self):
+        return {}
 
 
 @keras.saving.register_keras_serializable(package="dac_tf")
@@ -267,6 +316,7 @@ class DACModel(keras.Model):
         # so evaluate's "accuracy" and this log key never share a state.
         self.train_clean_accuracy = keras.metrics.SparseCategoricalAccuracy(
             name="clean_accuracy")
+        self._metric_directions = _MetricDirections()
         if getattr(base_model, "built", False):
             self.built = True
 
@@ -276,8 +326,11 @@ class DACModel(keras.Model):
 
     @property
     def metrics(self):
+        """The trackers (reset by Keras at each epoch), then the container that gives
+        `mode="auto"` the direction of every logged key (`METRIC_DIRECTIONS`)."""
         return [self.loss_tracker, self.adv_accuracy, self.adv_certainty,
-                self.ac_loss_tracker, self.clean_accuracy, self.train_clean_accuracy]
+                self.ac_loss_tracker, self.clean_accuracy, self.train_clean_accuracy,
+                self._metric_directions]
 
     def call(self, inputs, training=None):
         return self.base_model(inputs, training=training)
@@ -285,8 +338,14 @@ class DACModel(keras.Model):
     def compile(self, optimizer="sgd", **kwargs):
         """Like `keras.Model.compile`; losses and metrics are DAC's own.
 
-        A learning-rate schedule on the optimizer is wrapped in `BatchSchedule`, so it is
-        evaluated at the batch index although each DAC batch makes two updates.
+        A learning-rate schedule on the optimizer is replaced by
+        `BatchSchedule(schedule, updates_per_batch)`, so it is evaluated at the batch
+        index although each DAC batch makes two updates (a `BatchSchedule` already there,
+        from an earlier compile or a loaded model, is re-wrapped, not nested).
+
+        Raises:
+          ValueError: for a loss or metrics argument, or a schedule Keras cannot
+            serialize (see `schedules.from_optimizer`).
         """
         for key in ("loss", "metrics", "weighted_metrics", "loss_weights"):
             if kwargs.get(key) is not None:
@@ -295,12 +354,33 @@ class DACModel(keras.Model):
                     "loss and reports loss, adv_accuracy, adv_certainty, ac_loss (train) and "
                     "loss, accuracy (evaluate). Pass only the optimizer (and jit_compile, ...).")
         super().compile(optimizer=optimizer, **kwargs)
+        # A LossScaleOptimizer (mixed_float16) delegates its rate to the wrapped one.
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        lr = getattr(inner, "_learning_rate", None)
-        if isinstance(lr, schedules.BatchSchedule):
-            lr = lr.schedule
-        if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule):
-            inner.learning_rate = schedules.BatchSchedule(lr, self.updates_per_batch)
+        schedule = schedules.from_optimizer(inner)
+        if isinstance(schedule, schedules.BatchSchedule):
+            schedule = schedule.schedule
+        if schedule is not None:
+            inner.learning_rate = schedules.BatchSchedule(schedule, self.updates_per_batch)
+
+    def compile_from_config(self, config):
+        """Compiles from `get_compile_config()`: what `keras.saving.load_model` calls.
+
+        Keras' own version skips models that override `compile` (with a warning), which
+        left a loaded DACModel without an optimizer. This one calls `compile` with the
+        saved optimizer (its class, hyperparameters and schedule) and creates the
+        optimizer's variables, so that loading then restores their saved values
+        (iterations, momentum buffers) and `fit` continues where the saved model stopped:
+        same learning rates, same attack seeds (derived from `optimizer.iterations`).
+
+        Args:
+          config: the dict `get_compile_config()` returned when the model was saved
+            (Keras' default, from the arguments of the last `compile`).
+        """
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            # The variable list and order `train_step` applies gradients to, so the
+            # saved slots land on the weights they belong to.
+            self.optimizer.build(self.base_model.trainable_variables)
 
     # ----------------------------------------------------------------- pieces
     def _logits(self, images, training):

@@ -1,8 +1,10 @@
 """Robust losses of the base methods (AT, TRADES, MART) and the attack each one trains with.
 
 Every loss is returned per example, so the caller decides how to average (over the
-global batch under `tf.distribute`). Formulas follow the reference code of each method;
-see REFERENCE.md of the project for the table these defaults come from.
+global batch under `tf.distribute`). Formulas follow the reference code of each method,
+and `DEFAULTS` are the argparse defaults and hard-coded settings of the authors' scripts
+(TrustMLRG/AdvCertainty: dac_at_cifar10.py; dac_trades_cifar10.py with trades.py
+`trades_loss`; dac_mart_cifar10.py with mart.py `mart_loss` and `dac_loss`).
 """
 
 import dataclasses

@@ -1,4 +1,14 @@
-"""Learning-rate schedules keyed on the batch index, as the reference code sets them.
+"""Learning-rate schedules of the batch index, as the reference code sets them.
+
+`build(name, ...)` makes the CLI's `--lr_schedule` choices (also the names the
+config.json of earlier runs records), each one a Keras schedule:
+
+- "piecewise_at": the AT reference's per-batch piecewise rule, a `PiecewiseConstantDecay`
+  (`piecewise_at`);
+- "piecewise_trades": TRADES' and MART's per-epoch drops, a `PiecewiseConstantDecay`
+  (`piecewise_trades`);
+- "cosine": `CosineDecay` from the rate to 0 over the run;
+- "constant".
 
 A DAC batch makes two optimizer updates (the AC step and the robust step), so
 `optimizer.iterations` runs at twice the batch rate. `BatchSchedule` turns any Keras
@@ -6,12 +16,11 @@ schedule of the batch index into one of the update count; `DACModel.compile` app
 automatically, so a schedule written for plain training keeps its meaning.
 """
 
-import math
-
 import keras
-import tensorflow as tf
 
 SCHEDULES = ("piecewise_at", "piecewise_trades", "cosine", "constant")
+
+_PiecewiseConstantDecay = keras.optimizers.schedules.PiecewiseConstantDecay
 
 
 @keras.saving.register_keras_serializable(package="dac_tf")
@@ -43,70 +52,64 @@ class BatchSchedule(keras.optimizers.schedules.LearningRateSchedule):
         return cls(**config)
 
 
-@keras.saving.register_keras_serializable(package="dac_tf")
-class PiecewiseAT(keras.optimizers.schedules.LearningRateSchedule):
-    """The robust-overfitting code base's AT schedule, updated every batch.
+def piecewise_at(learning_rate, epochs, steps_per_epoch):
+    """The AT reference's schedule (robust-overfitting code base), set before every batch.
 
-    With t = (batch + 1) / steps_per_epoch the fractional epoch reached after the batch
-    (the reference's `epoch + (i + 1) / len(train_batches)`): lr while t / epochs < 0.5,
-    lr / 10 while < 0.75, then lr / 100.
+    dac_at_cifar10.py (TrustMLRG/AdvCertainty) sets `lr_schedule(epoch + (i + 1) /
+    len(train_batches))` before batch i: with t that fractional epoch, `lr_max` while
+    t / epochs < 0.5, `lr_max / 10.` while < 0.75, then `lr_max / 100.`. For the 0-based
+    batch index s and T = epochs * steps_per_epoch batches, t / epochs = (s + 1) / T, so
+    the rate is lr exactly while s + 1 < T / 2, i.e. s <= ceil(T / 2) - 2 (and the same
+    at 3T / 4): integer boundaries, exact for any T. The reference's float t decides the
+    same way: it hits a threshold exactly (a quarter epoch, exact in binary) or misses it
+    by at least 1 / (4 T) of the run.
+
+    Args:
+      learning_rate: the initial rate (`--lr-max`).
+      epochs: the run's number of epochs.
+      steps_per_epoch: batches per epoch.
+
+    Returns:
+      A `PiecewiseConstantDecay` of the batch index.
     """
-
-    def __init__(self, learning_rate, epochs, steps_per_epoch):
-        self.learning_rate = float(learning_rate)
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
-
-    def __call__(self, step):
-        t = (tf.cast(step, tf.float32) + 1.0) / float(self.steps_per_epoch)
-        fraction = t / float(self.epochs)
-        lr = self.learning_rate
-        return tf.where(fraction < 0.5, lr, tf.where(fraction < 0.75, lr / 10, lr / 100))
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "epochs": self.epochs,
-                "steps_per_epoch": self.steps_per_epoch}
+    total = int(epochs) * int(steps_per_epoch)
+    # PiecewiseConstantDecay keeps values[k] while step <= boundaries[k].
+    boundaries = [-(-total // 2) - 2, -(-3 * total // 4) - 2]
+    lr = float(learning_rate)
+    return _PiecewiseConstantDecay(boundaries, [lr, lr / 10.0, lr / 100.0])
 
 
-@keras.saving.register_keras_serializable(package="dac_tf")
-class PiecewiseTRADES(keras.optimizers.schedules.LearningRateSchedule):
-    """TRADES/MART schedule: x0.1 from epoch 75, x0.01 from 90, x0.001 from 100.
+def piecewise_trades(learning_rate, steps_per_epoch, milestones=(75, 90, 100)):
+    """TRADES/MART's schedule: x0.1 from epoch 75, x0.01 from 90, x0.001 from 100.
 
-    Epochs are counted from 1 as in the reference (`for epoch in range(1, epochs + 1)`);
-    the rate changes at epoch boundaries.
+    The reference (dac_trades_cifar10.py, dac_mart_cifar10.py, `adjust_learning_rate`)
+    sets the rate before each epoch, epochs counted from 1 (`for epoch in range(1,
+    args.epochs + 1)`), to `args.lr * 0.1`, `* 0.01`, `* 0.001` once epoch >= 75, 90,
+    100. Batch s lies in epoch s // steps_per_epoch + 1, so the drop at epoch m starts at
+    batch (m - 1) * steps_per_epoch: the boundary (the last batch at the old rate) is one
+    before. The rates are the reference's products of `lr` and 1e-k, not repeated
+    multiplications by 0.1 (which round to other float32 values, e.g. 0.010000001).
+
+    Args:
+      learning_rate: the initial rate (`--lr`).
+      steps_per_epoch: batches per epoch.
+      milestones: epochs (counted from 1) at which the rate drops tenfold.
+
+    Returns:
+      A `PiecewiseConstantDecay` of the batch index.
     """
-
-    def __init__(self, learning_rate, steps_per_epoch, milestones=(75, 90, 100)):
-        self.learning_rate = float(learning_rate)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.milestones = tuple(int(m) for m in milestones)
-
-    def __call__(self, step):
-        epoch = tf.cast(step, tf.int64) // self.steps_per_epoch + 1
-        lr = tf.constant(self.learning_rate, tf.float32)
-        for milestone in self.milestones:
-            lr = tf.where(epoch >= milestone, lr * 0.1, lr)
-        return lr
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "steps_per_epoch": self.steps_per_epoch,
-                "milestones": list(self.milestones)}
+    lr = float(learning_rate)
+    milestones = sorted(int(m) for m in milestones)
+    if not milestones:
+        return constant(lr)
+    boundaries = [(m - 1) * int(steps_per_epoch) - 1 for m in milestones]
+    values = [lr] + [lr * float(f"1e-{k}") for k in range(1, len(milestones) + 1)]
+    return _PiecewiseConstantDecay(boundaries, values)
 
 
-@keras.saving.register_keras_serializable(package="dac_tf")
-class Cosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Cosine decay from `learning_rate` to 0 over `total_steps` batches."""
-
-    def __init__(self, learning_rate, total_steps):
-        self.learning_rate = float(learning_rate)
-        self.total_steps = int(total_steps)
-
-    def __call__(self, step):
-        progress = tf.minimum(tf.cast(step, tf.float32) / float(self.total_steps), 1.0)
-        return self.learning_rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
-
-    def get_config(self):
-        return {"learning_rate": self.learning_rate, "total_steps": self.total_steps}
+def constant(learning_rate):
+    """A fixed rate as a schedule, so every CLI run's optimizer has the same structure."""
+    return _PiecewiseConstantDecay([0], [float(learning_rate)] * 2)
 
 
 def build(name, learning_rate, epochs, steps_per_epoch):
@@ -122,11 +125,71 @@ def build(name, learning_rate, epochs, steps_per_epoch):
       A `LearningRateSchedule` of the 0-based batch index.
     """
     if name == "piecewise_at":
-        return PiecewiseAT(learning_rate, epochs, steps_per_epoch)
+        return piecewise_at(learning_rate, epochs, steps_per_epoch)
     if name == "piecewise_trades":
-        return PiecewiseTRADES(learning_rate, steps_per_epoch)
+        return piecewise_trades(learning_rate, steps_per_epoch)
     if name == "cosine":
-        return Cosine(learning_rate, epochs * steps_per_epoch)
+        return keras.optimizers.schedules.CosineDecay(float(learning_rate),
+                                                      int(epochs) * int(steps_per_epoch))
     if name == "constant":
-        return keras.optimizers.schedules.PiecewiseConstantDecay([0], [learning_rate] * 2)
+        return constant(learning_rate)
     raise ValueError(f"lr_schedule={name!r} is not valid; use one of {', '.join(SCHEDULES)}.")
+
+
+def from_optimizer(optimizer):
+    """The `LearningRateSchedule` an optimizer was given, or None for a fixed rate.
+
+    Keras has no public getter for it (`optimizer.learning_rate` evaluates it at the
+    current step), so it is rebuilt from the optimizer's config, the form `model.save`
+    writes: a copy of the schedule that gives the same rate at every step.
+
+    Args:
+      optimizer: a Keras optimizer.
+
+    Returns:
+      A `LearningRateSchedule`, or None (a float rate, or a callable without arguments,
+      which Keras calls without the step).
+
+    Raises:
+      ValueError: the schedule cannot be saved (no `get_config`) or found again from its
+        config (a class not registered with `keras.saving.register_keras_serializable`);
+        `model.save` would fail on it as well.
+    """
+    hint = ("DACModel needs to read the learning-rate schedule from the optimizer's "
+            "config (to evaluate it per batch): give the schedule a get_config() and "
+            "register its class with @keras.saving.register_keras_serializable(), as "
+            "saving the model requires too")
+    try:
+        config = optimizer.get_config()["learning_rate"]
+    # OSError: Keras reads a lambda's source, absent for one typed at a prompt.
+    except (NotImplementedError, TypeError, OSError) as e:
+        raise ValueError(f"{hint} ({e}).") from None
+    if not isinstance(config, dict) or config.get("class_name") in ("function", "__lambda__"):
+        return None
+    try:
+        schedule = keras.optimizers.schedules.deserialize(config)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{hint} ({e}).") from None
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return schedule
+    return None
+
+
+class _Legacy:
+    """Reads a schedule class dac_tf 0.1.0 registered (`.keras` files of DACModels compiled
+    with it name them) as the Keras schedule that replaced it."""
+
+    def __init__(self, build_fn):
+        self._build = build_fn
+
+    def from_config(self, config):
+        return self._build(**config)
+
+
+keras.saving.get_custom_objects().update({
+    "dac_tf>PiecewiseAT": _Legacy(piecewise_at),
+    "dac_tf>PiecewiseTRADES": _Legacy(piecewise_trades),
+    "dac_tf>Cosine": _Legacy(lambda learning_rate, total_steps:
+                             keras.optimizers.schedules.CosineDecay(learning_rate,
+                                                                    total_steps)),
+})

@@ -1,10 +1,18 @@
 """DACModel's train_step against an independent hand-rolled computation.
 
-The reference here is written from REFERENCE.md's description of the authors' PyTorch
-code, not from dac_tf: a Python loop of signed gradient steps for the attack, the
-losses from their formulas, and PyTorch SGD (coupled L2 before momentum, b = mu*b + g,
-w -= lr*b) in NumPy. Only the gradients of the model come from a GradientTape.
+The reference here is written from the authors' PyTorch code (TrustMLRG/AdvCertainty:
+dac_at_cifar10.py `attack_pgd` and its train loop, dac_trades_cifar10.py with trades.py
+`trades_loss`, dac_mart_cifar10.py with mart.py `mart_loss`), not from dac_tf: a Python
+loop of signed gradient steps for the attack, the losses from their formulas, and PyTorch
+SGD (coupled L2 before momentum, b = mu*b + g, w -= lr*b) in NumPy. Only the gradients of
+the model come from a GradientTape.
+
+Below those: DACModel as a Keras model in user code (`mode="auto"` callbacks, get_config,
+`.keras` files that continue training).
 """
+
+import inspect
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +20,9 @@ import keras
 import tensorflow as tf
 
 import dac_tf
+from dac_tf import callbacks
 from dac_tf import optimizers
+from dac_tf import schedules
 from test_distribute import two_cpu_strategy
 
 BATCH, SIZE, CHANNELS, CLASSES = 8, 6, 2, 4
@@ -274,9 +284,11 @@ def test_reference_bn_updates_replay_the_references_forwards(method, use_dac):
     assert_weights_close(base, twin)
 
 
-@pytest.mark.parametrize("method, changes_statistics",
-                         [("at", True), ("trades", True), ("mart", False)])
-@pytest.mark.parametrize("use_dac", [True, False])
+@pytest.mark.parametrize("method, changes_statistics, use_dac", [
+    ("at", True, True), ("mart", False, True),
+    pytest.param("trades", True, True, marks=pytest.mark.slow),
+    *[pytest.param(m, c, False, marks=pytest.mark.slow)
+      for m, c in (("at", True), ("trades", True), ("mart", False))]])
 def test_reference_bn_updates_moves_only_the_statistics(method, use_dac,
                                                         changes_statistics):
     """The option changes the moving statistics where the reference makes extra passes
@@ -335,12 +347,6 @@ def test_reference_bn_updates_trains_under_mirrored_strategy():
     assert {"loss", "adv_accuracy", "adv_certainty", "ac_loss", "clean_accuracy"} <= set(logs)
     assert all(np.isfinite(v[0]) for v in logs.values())
     assert all(np.isfinite(s).all() for s in bn_statistics(base))
-
-
-def test_reference_bn_updates_survives_get_config():
-    model = dac_tf.DACModel(make_base(0), reference_bn_updates=True)
-    assert dac_tf.DACModel.from_config(model.get_config()).reference_bn_updates is True
-    assert dac_tf.DACModel(make_base(0)).reference_bn_updates is False
 
 
 def test_schedule_follows_batches_with_torch_momentum():
@@ -436,7 +442,7 @@ def test_adv_certainty_metric_is_the_robust_steps_ac():
     np.testing.assert_allclose(logs["adv_accuracy"][0], np.mean(logits.argmax(1) == y))
 
 
-@pytest.mark.parametrize("method", ["at", "mart"])
+@pytest.mark.parametrize("method", ["at", pytest.param("mart", marks=pytest.mark.slow)])
 def test_jit_compile_matches_graph_mode(method):
     # Deterministic start: TensorFlow's stateless RNG kernels draw other numbers under
     # XLA than without it, so only the noise-free attack can match bit for bit.
@@ -451,6 +457,7 @@ def test_jit_compile_matches_graph_mode(method):
     assert_weights_close(bases[0], bases[1], atol=1e-4)
 
 
+@pytest.mark.slow   # two XLA compilations
 def test_jit_compile_with_random_start_is_reproducible():
     x, y = batch(n=2 * BATCH)
     runs = []
@@ -526,3 +533,198 @@ def test_reference_defaults_per_method():
     mart = dac_tf.DACModel(make_base(0), method="mart")
     assert (mart.ac_step, mart.epsilon, mart.step_size, mart.attack_training,
             mart.weight_decay, mart.beta) == (0.3, 0.031, 0.007, False, 3.5e-3, 5.0)
+
+
+# ------------------------------------------------ DACModel as a Keras model in user code
+# The direction each log key must get from Keras' mode="auto", written out here rather
+# than read from dac_tf: accuracies up; losses and adversarial certainty down.
+EXPECTED_DIRECTIONS = {
+    "loss": "down", "adv_accuracy": "up", "adv_certainty": "down", "ac_loss": "down",
+    "clean_accuracy": "up", "val_loss": "down", "val_accuracy": "up",
+    "val_robust_accuracy": "up", "val_clean_accuracy": "up", "val_adv_certainty": "down",
+}
+ROBUST_VALIDATION_KEYS = ("val_robust_accuracy", "val_clean_accuracy", "val_adv_certainty")
+
+
+class _AddRobustValidationLogs(keras.callbacks.Callback):
+    """Stands in for `callbacks.RobustValidation`: adds its keys with values that rise
+    then fall, so the best value differs for each direction."""
+
+    VALUES = (0.2, 0.5, 0.3)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key in ROBUST_VALIDATION_KEYS:
+            logs[key] = self.VALUES[epoch]
+
+
+def test_mode_auto_monitors_every_logged_key_in_its_direction(tmp_path):
+    """EarlyStopping and ModelCheckpoint without `mode=` run for every key DACModel (and
+    the robust-validation callback) logs, and keep the max (up) or min (down) of it."""
+    x, y = batch(13, n=2 * BATCH)
+    model = dac(make_base(13), "at", True, reference_bn_updates=True)
+    model.compile(optimizer=optimizers.TorchSGD(0.05, momentum=MOMENTUM))
+    stoppers = {k: keras.callbacks.EarlyStopping(monitor=k, patience=10)
+                for k in EXPECTED_DIRECTIONS}
+    checkpoints = {k: keras.callbacks.ModelCheckpoint(
+        str(tmp_path / f"{k}.weights.h5"), monitor=k, save_best_only=True,
+        save_weights_only=True) for k in EXPECTED_DIRECTIONS}
+    history = model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
+                        validation_data=(x, y),
+                        callbacks=[_AddRobustValidationLogs(), *stoppers.values(),
+                                   *checkpoints.values()]).history
+    assert set(EXPECTED_DIRECTIONS) <= set(history)
+    varied = 0
+    for key, direction in EXPECTED_DIRECTIONS.items():
+        best = (max if direction == "up" else min)(history[key])
+        varied += max(history[key]) != min(history[key])
+        for callback in (stoppers[key], checkpoints[key]):
+            np.testing.assert_allclose(float(callback.best), best, rtol=1e-6, err_msg=key)
+    assert varied >= 5   # else most checks could not tell max from min
+
+
+def test_robust_validation_keys_get_their_direction_in_a_users_fit():
+    """`mode="auto"` on the keys `callbacks.RobustValidation` adds: the most robust
+    epoch is kept for val_robust_accuracy, the least certain for val_adv_certainty."""
+    x, y = batch(0, n=4 * BATCH)
+    model = dac(make_base(9), "at", True)
+    model.compile(optimizer=optimizers.TorchSGD(learning_rate=0.05, momentum=MOMENTUM))
+    watched = {"val_robust_accuracy": max, "val_clean_accuracy": max,
+               "val_adv_certainty": min}
+    stoppers = {k: keras.callbacks.EarlyStopping(monitor=k, patience=10) for k in watched}
+    history = model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[
+        callbacks.RobustValidation(x, y, epsilon=EPS, step_size=STEP, num_steps=STEPS),
+        *stoppers.values()]).history
+    for key, pick in watched.items():
+        np.testing.assert_allclose(float(stoppers[key].best), pick(history[key]), err_msg=key)
+    assert max(history["val_adv_certainty"]) != min(history["val_adv_certainty"])
+
+
+def test_get_config_round_trips_every_constructor_argument():
+    kwargs = dict(method="trades", use_dac=False, ac_step=0.2, ac_measure="var",
+                  epsilon=0.05, step_size=0.01, num_steps=3, norm="l2", beta=4.0,
+                  random_start=False, attack_training=True, weight_decay=1e-3, seed=7,
+                  reference_bn_updates=True)
+    # A new constructor argument must be added here (and to get_config).
+    params = set(inspect.signature(dac_tf.DACModel.__init__).parameters)
+    assert params - {"self", "base_model", "kwargs"} == set(kwargs)
+    # Every value differs from its default, so a dropped key cannot pass unnoticed.
+    baseline = dac_tf.DACModel(make_base(0), method="trades")
+    assert all(getattr(baseline, k) != v for k, v in kwargs.items() if k != "method")
+    model = dac_tf.DACModel(make_base(0), name="dac_x", **kwargs)
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+    restored = keras.saving.deserialize_keras_object(config)
+    assert type(restored) is dac_tf.DACModel and restored.name == "dac_x"
+    assert {k: getattr(restored, k) for k in kwargs} == kwargs
+    assert ([w.shape for w in restored.base_model.weights]
+            == [w.shape for w in model.base_model.weights])
+
+
+@pytest.mark.parametrize("how", ["model.save",
+                                 pytest.param("ModelCheckpoint", marks=pytest.mark.slow)])
+def test_keras_file_continues_training_like_an_uninterrupted_run(tmp_path, how):
+    """2 batches, save `.keras`, load, 2 more batches == 4 batches without saving: with
+    BatchNorm, random starts (seeded from the restored `optimizer.iterations`), TorchSGD
+    momentum buffers and a per-batch schedule whose drop falls after the save."""
+    x, y = batch(21, n=2 * BATCH)
+
+    def schedule():   # of the batch index: 0.1 for batches 0-2, then 0.02
+        return keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.02])
+
+    def fresh():
+        model = dac_tf.DACModel(make_base(12), method="at", epsilon=EPS, step_size=STEP,
+                                num_steps=STEPS, weight_decay=WD, seed=SEED)
+        model.compile(optimizer=optimizers.TorchSGD(schedule(), momentum=MOMENTUM))
+        return model
+
+    def fit(model, **kwargs):
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, **kwargs)
+
+    straight = fresh()
+    fit(straight)
+    fit(straight)
+
+    first = fresh()
+    path = str(tmp_path / "dac.keras")
+    if how == "model.save":
+        fit(first)
+        first.save(path)
+    else:
+        fit(first, callbacks=[keras.callbacks.ModelCheckpoint(path)])
+    loaded = keras.saving.load_model(path)
+    assert type(loaded) is dac_tf.DACModel
+    assert type(loaded.optimizer) is optimizers.TorchSGD
+    assert int(loaded.optimizer.iterations) == 4
+    for saved, restored in zip(first.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored))
+    assert max(np.abs(np.asarray(b)).max() for b in loaded.optimizer.momentums) > 0
+    fit(loaded)
+
+    assert int(loaded.optimizer.iterations) == 8
+    np.testing.assert_allclose(float(loaded.optimizer.learning_rate), 0.02, rtol=1e-6)
+    for a, b in zip(loaded.base_model.weights, straight.base_model.weights):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=1e-6,
+                                   err_msg=a.name)
+    # Control: the same continuation with a new optimizer (no buffers, iterations 0,
+    # so other seeds and rates) ends elsewhere; the equality above needed the state.
+    restarted = keras.saving.load_model(path)
+    restarted.compile(optimizer=optimizers.TorchSGD(schedule(), momentum=MOMENTUM))
+    fit(restarted)
+    assert max(np.abs(np.asarray(a) - np.asarray(b)).max() for a, b in
+               zip(restarted.base_model.weights, straight.base_model.weights)) > 1e-4
+
+
+def test_torch_sgd_serializes_and_keeps_pytorchs_update_after_loading(tmp_path):
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([1], [0.1, 0.01])
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(
+        optimizers.TorchSGD(schedule, momentum=0.8, nesterov=True)))
+    assert type(restored) is optimizers.TorchSGD
+    assert (restored.momentum, restored.nesterov) == (0.8, True)
+    assert [float(schedules.from_optimizer(restored)(i)) for i in range(3)] == \
+        pytest.approx([0.1, 0.1, 0.01])
+
+    # In a `.keras` file, with its state: a plain Keras model, two updates, saved, loaded.
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(4, 3)).astype("float32"), rng.normal(size=(4, 2)).astype("float32")
+    plain = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    plain.compile(optimizer=optimizers.TorchSGD(schedule, momentum=0.9), loss="mse")
+    plain.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    path = str(tmp_path / "plain.keras")
+    plain.save(path)
+    loaded = keras.saving.load_model(path)
+    opt = loaded.optimizer
+    assert type(opt) is optimizers.TorchSGD and int(opt.iterations) == 2
+    buffers = [np.asarray(b) for b in opt.momentums]
+    for saved, restored in zip(plain.optimizer.momentums, buffers):
+        np.testing.assert_array_equal(np.asarray(saved), restored)
+    assert all(np.abs(b).min() > 0 for b in buffers)
+    # PyTorch SGD (dampening 0): b = mu * b + g; w -= lr * b, at lr(2) = 0.01.
+    weights = [v.numpy() for v in loaded.trainable_variables]
+    grads = [rng.normal(size=w.shape).astype("float32") for w in weights]
+    opt.apply([tf.constant(g) for g in grads], loaded.trainable_variables)
+    for v, w, b, g in zip(loaded.trainable_variables, weights, buffers, grads):
+        np.testing.assert_allclose(v.numpy(), w - 0.01 * (0.9 * b + g), rtol=1e-6,
+                                   atol=1e-7)
+
+
+class _Unregistered(keras.optimizers.schedules.LearningRateSchedule):
+    def __call__(self, step):
+        return 0.1
+
+
+def test_compile_wraps_a_schedule_once_and_refuses_one_it_cannot_read():
+    """Compiling twice (or loading) re-wraps the batch schedule instead of nesting it;
+    a schedule Keras cannot serialize is refused by name instead of running at the
+    update rate."""
+    opt = optimizers.TorchSGD(keras.optimizers.schedules.PiecewiseConstantDecay(
+        [0], [0.1, 0.02]), momentum=MOMENTUM)
+    for use_dac, rates in [(True, [0.1, 0.1, 0.02, 0.02]), (False, [0.1, 0.02, 0.02, 0.02])]:
+        model = dac(make_base(0), "at", use_dac)
+        model.compile(optimizer=opt)
+        model.compile(optimizer=opt)
+        wrapped = schedules.from_optimizer(opt)
+        assert isinstance(wrapped, schedules.BatchSchedule)
+        assert not isinstance(wrapped.schedule, schedules.BatchSchedule)
+        assert [float(wrapped(u)) for u in range(4)] == pytest.approx(rates)
+    with pytest.raises(ValueError, match="register_keras_serializable"):
+        dac(make_base(0), "at", True).compile(optimizer=optimizers.TorchSGD(_Unregistered()))
