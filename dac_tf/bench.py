@@ -47,7 +47,6 @@ maximum resident set size so far (`resource.getrusage`), which only grows.
 
 import dataclasses
 import gc
-import json
 import os
 import platform
 import resource
@@ -64,6 +63,7 @@ import tensorflow as tf
 
 from dac_tf import attacks
 from dac_tf import data
+from dac_tf import fileio
 from dac_tf import models
 from dac_tf import objectives
 from dac_tf.model import DACModel
@@ -634,10 +634,7 @@ def format_table(rows, peak_tflops=DEFAULT_PEAK_TFLOPS):
 
 
 def _write_json(rows, path):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(rows, f, indent=1)
-    os.replace(tmp, path)
+    fileio.write_json_atomic(path, rows)
 
 
 def run_benchmark(config, log=print):

@@ -51,8 +51,48 @@ def _flag_error_text(error):
     return f"{text} (see --helpfull for the flags and their values)"
 
 
-def parse_flags(argv, flag_values=flags.FLAGS):
-    """absl's flag parsing, with a one-line `error:` and exit 2 instead of its usage text."""
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "--helpfull")
+# Flags of these packages are not the program's (absl's logging and help flags,
+# TensorFlow's and Keras' own); `--help` leaves them out, `--helpfull` adds absl's.
+_FOREIGN_MODULES = ("absl", "tensorflow", "keras", "tf_", "tensorboard")
+
+
+def _summary(doc):
+    """The first paragraph of a program's docstring: what it does, one example."""
+    paragraphs = [p.strip() for p in (doc or "").strip().split("\n\n") if p.strip()]
+    return "\n".join(line.strip() for line in paragraphs[0].splitlines()) if paragraphs else ""
+
+
+def help_text(flag_values, doc=None, full=False):
+    """The program's help: its summary, then its flags by group (absl's own last, with
+    `full`)."""
+    lines = [_summary(doc), ""] if doc else []
+    by_module = flag_values.flags_by_module_dict()
+    ours = [m for m in by_module if not m.startswith(_FOREIGN_MODULES)]
+    for module in ours:
+        group = module[module.index("(") + 1:-1] if module.endswith(")") else "flags"
+        body = flag_values.module_help(module).strip().splitlines()[1:]
+        lines += [f"{group}:", *body, ""]
+    if full:
+        for module in by_module:
+            if module.startswith("absl.logging"):
+                lines += ["absl logging:",
+                          *flag_values.module_help(module).strip().splitlines()[1:], ""]
+    else:
+        lines.append("--helpfull also lists absl's logging flags.")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def parse_flags(argv, flag_values=flags.FLAGS, doc=None):
+    """absl's flag parsing, with a one-line `error:` and exit 2 instead of its usage text.
+
+    `--help` (and `-h`, `--helpshort`) prints the program's own flags by group,
+    `--helpfull` adds absl's logging flags; both exit 0.
+    """
+    asked = [a for a in argv[1:] if a in HELP_ARGS]
+    if asked:
+        print(help_text(flag_values, doc, full="--helpfull" in asked), end="")
+        sys.exit(0)
     try:
         return flag_values(argv)
     except flags.Error as e:
@@ -84,7 +124,7 @@ def guard(interrupted_hint):
             try:
                 return main(argv, flag_values or flags.FLAGS)
             except errors.UserError as e:
-                fail(e)
+                fail(e, getattr(e, "exit_code", EXIT_USER_ERROR))
             except KeyboardInterrupt:
                 hint = (interrupted_hint(flag_values or flags.FLAGS)
                         if callable(interrupted_hint) else interrupted_hint)
@@ -105,6 +145,7 @@ def guard(interrupted_hint):
 
 def run(main, define_flags):
     """`python -m dac_tf.X`: defines the program's flags on the global FlagValues,
-    parses argv with one-line errors, and runs `main`."""
+    parses argv with one-line errors and its own `--help`, and runs `main`."""
     define_flags()
-    app.run(main, flags_parser=parse_flags)
+    doc = getattr(sys.modules.get(main.__module__), "__doc__", None)
+    app.run(main, flags_parser=functools.partial(parse_flags, doc=doc))

@@ -179,6 +179,10 @@ class TrainConfig:
                           "the CPU when there is one or none); one_device; multi_worker: "
                           "MultiWorkerMirroredStrategy from TF_CONFIG.", group="run",
                           choices=STRATEGIES, resume=IGNORED)
+    cluster_timeout: float = _flag(
+        "float", 600.0, "With --strategy=multi_worker: seconds to wait for the other tasks "
+        "to start, and for any collective step; then the task stops with exit code 138 "
+        "(retry).", group="run", resume=IGNORED)
     cpu_replicas: int = _flag("integer", 1, "With --strategy=mirrored and no GPU: split "
                               "the CPU into this many replicas (testing distribution).",
                               group="run", resume=IGNORED)
@@ -190,8 +194,9 @@ class TrainConfig:
     deterministic: bool = _flag("boolean", False, "tf.config.experimental."
                                 "enable_op_determinism(): bit-exact reruns on GPU, at some "
                                 "speed cost.", group="run", resume=IGNORED)
-    verbose: int = _flag("integer", 1, "Keras progress: 0 silent, 1 bar, 2 one line per "
-                         "epoch.", group="run", resume=IGNORED)
+    verbose: int = _flag("integer", 1, "0: one summary line per epoch; 1: also progress "
+                         "bars over the training and evaluation batches.", group="run",
+                         resume=IGNORED)
 
     @property
     def arch_kwargs(self):
@@ -215,7 +220,7 @@ FLAG_FIELDS = tuple(f for f in dataclasses.fields(TrainConfig) if f.metadata.get
 FLAG_NAMES = tuple(f.name for f in FLAG_FIELDS)
 RESUME_MAY_CHANGE = tuple(f.name for f in dataclasses.fields(TrainConfig)
                           if f.metadata.get("resume") == MAY_CHANGE)
-_RESUME_IGNORED = tuple(f.name for f in dataclasses.fields(TrainConfig)
+RESUME_IGNORED = tuple(f.name for f in dataclasses.fields(TrainConfig)
                         if f.metadata.get("resume") == IGNORED)
 
 
@@ -245,6 +250,7 @@ def define_flags(flag_values=flags.FLAGS):
 _FIXED_DEFAULT_FLAGS = (
     "dataset", "val_size", "pad", "arch", "method", "use_dac", "ac_measure", "norm",
     "random_start", "reference_bn_updates", "select_protocol", "eval_examples",
+    "cluster_timeout",
     "eval_batch_size", "resume", "seed", "mixed_precision", "jit_compile", "strategy",
     "cpu_replicas", "max_steps_per_epoch", "report", "deterministic", "verbose", "momentum")
 
@@ -371,6 +377,7 @@ def resolve(values):
         mixed_precision=pick("mixed_precision", "float32"),
         jit_compile=bool(pick("jit_compile", False)), strategy=pick("strategy", "mirrored"),
         cpu_replicas=int(pick("cpu_replicas", 1)),
+        cluster_timeout=float(pick("cluster_timeout", 600.0)),
         max_steps_per_epoch=int(pick("max_steps_per_epoch", 0)),
         report=bool(pick("report", True)), deterministic=bool(pick("deterministic", False)),
         verbose=int(pick("verbose", 1)))
@@ -399,6 +406,7 @@ def validate(config):
         ("eval_examples", config.eval_examples >= 0, ">= 0 (0: all)"),
         ("eval_batch_size", config.eval_batch_size >= 1, ">= 1"),
         ("cpu_replicas", config.cpu_replicas >= 1, ">= 1"),
+        ("cluster_timeout", config.cluster_timeout > 0, "> 0 (seconds)"),
         ("max_steps_per_epoch", config.max_steps_per_epoch >= 0, ">= 0 (0: no cap)"),
         # Keras and NumPy seed their generators with 32-bit values.
         ("seed", 0 <= config.seed < 2**31, "in [0, 2147483647]"),
@@ -458,5 +466,5 @@ def differing_keys(saved, config):
                     and math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12))
         return a == b
 
-    return sorted(k for k in current if k not in _RESUME_IGNORED
+    return sorted(k for k in current if k not in RESUME_IGNORED
                   and not same(saved.get(k), current.get(k)))

@@ -24,6 +24,7 @@ global TF seed or on how many random ops ran before.
 """
 
 import dataclasses
+import io
 import os
 import shutil
 import socket
@@ -34,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from dac_tf import errors
+from dac_tf import seeds
 
 DATASETS = ("cifar10", "cifar100", "svhn", "digits")  # plus "npz:PATH"
 AUGMENTATIONS = ("none", "reflect", "zero")
@@ -573,12 +575,14 @@ def _load_npz(path):
     spec = f"npz:{path}"
     if not path:
         raise DatasetError("--dataset=npz:PATH needs a path, e.g. --dataset=npz:/data/x.npz")
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path) or tf.io.gfile.isdir(path):
         raise DatasetError(f"{spec}: file not found; expected an .npz file with keys "
                            "x_train, y_train, x_test, y_test (optional class_names).")
     try:
         # allow_pickle=False: an .npz is data, loading it must not run code.
-        with np.load(path, allow_pickle=False) as npz:
+        # Read through tf.io.gfile, so npz files on gs://, s3://, hdfs:// load too.
+        with tf.io.gfile.GFile(path, "rb") as f, \
+                np.load(io.BytesIO(f.read()), allow_pickle=False) as npz:
             keys = set(npz.files)
             missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in keys]
             if missing:
@@ -780,7 +784,7 @@ def _augment_batch(images, offsets, flips, augment, pad):
 
 
 def train_dataset(x, y, *, batch_size, seed, augment="none", pad=4, start_epoch=0,
-                  num_epochs=1):
+                  num_epochs=1, max_steps_per_epoch=0):
     """Shuffled, optionally augmented training batches for a range of epochs.
 
     Epoch e is a pure function of (seed, e): its order is a stateless shuffle keyed
@@ -807,6 +811,9 @@ def train_dataset(x, y, *, batch_size, seed, augment="none", pad=4, start_epoch=
       pad: padding in pixels for the random crop.
       start_epoch: first epoch (0-based) to produce.
       num_epochs: number of consecutive epochs to produce.
+      max_steps_per_epoch: if > 0, each epoch is cut to its first batches (smoke runs
+        of a paper config on little data); the next epoch still starts with its own
+        first batch.
 
     Returns:
       A `tf.data.Dataset` of (images float32 [B, H, W, C] in [0, 1], labels int32
@@ -830,12 +837,14 @@ def train_dataset(x, y, *, batch_size, seed, augment="none", pad=4, start_epoch=
             raise ValueError(f"reflect padding needs pad < image size, got pad={pad} for "
                              f"{height}x{width} images")
     batch_size = int(batch_size)
+    steps = steps_per_epoch(num, batch_size)
+    if max_steps_per_epoch:
+        steps = min(steps, int(max_steps_per_epoch))
     images, labels = tf.constant(x), tf.constant(y)
     key = tf.constant([int(seed), _PIPELINE_SALT], tf.int64)
 
     def fold(k, data):
-        return tf.random.experimental.stateless_fold_in(
-            k, tf.cast(data, tf.int64), alg="philox")
+        return seeds.fold(k, data)
 
     def epoch_plan(epoch):
         epoch_key = fold(key, epoch)
@@ -849,7 +858,8 @@ def train_dataset(x, y, *, batch_size, seed, augment="none", pad=4, start_epoch=
         flips = tf.random.stateless_uniform(
             [num], seed=fold(epoch_key, 2), minval=0, maxval=2, dtype=tf.int32,
             alg="philox") > 0
-        return tf.data.Dataset.from_tensor_slices((order, offsets, flips)).batch(batch_size)
+        plan = tf.data.Dataset.from_tensor_slices((order, offsets, flips)).batch(batch_size)
+        return plan.take(steps) if max_steps_per_epoch else plan
 
     def make_batch(order, offsets, flips):
         batch_x = _to_float_tf(tf.gather(images, order))
@@ -860,8 +870,7 @@ def train_dataset(x, y, *, batch_size, seed, augment="none", pad=4, start_epoch=
     ds = tf.data.Dataset.range(start_epoch, start_epoch + num_epochs).flat_map(epoch_plan)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     # flat_map hides the length; Keras and progress bars want it.
-    ds = ds.apply(tf.data.experimental.assert_cardinality(
-        num_epochs * steps_per_epoch(num, batch_size)))
+    ds = ds.apply(tf.data.experimental.assert_cardinality(num_epochs * steps))
     return _deterministic(ds.prefetch(tf.data.AUTOTUNE))
 
 

@@ -50,6 +50,24 @@ def metrics_path(model_dir):
     return os.path.join(model_dir, METRICS_FILE)
 
 
+# metrics.csv column -> the key of the training loop's logs (Keras' train logs of
+# `DACModel` plus what `dac_tf.callbacks` adds); the columns not listed have the log's name.
+_COLUMN_LOG_KEYS = {
+    "train_loss": "loss", "train_adv_accuracy": "adv_accuracy",
+    "train_ac": "adv_certainty", "train_ac_loss": "ac_loss",
+    "train_clean_accuracy": "clean_accuracy",
+    "val_ac": "val_adv_certainty", "test_ac": "test_adv_certainty"}
+
+
+def row_from_logs(epoch, logs):
+    """A metrics.csv row (epochs counted from 1) from an epoch's Keras logs."""
+    row = {column: logs.get(_COLUMN_LOG_KEYS.get(column, column))
+           for column in METRIC_COLUMNS}
+    row["epoch"] = int(epoch)
+    return {k: (None if v is None else (v if k == "epoch" else float(v)))
+            for k, v in row.items()}
+
+
 def write_metrics(model_dir, rows):
     """Writes every row (dicts keyed by METRIC_COLUMNS; None = empty) atomically."""
     buffer = io.StringIO()
@@ -303,6 +321,17 @@ class RunState:
     def has_checkpoints(self):
         return bool(self.last_epochs or self.checkpoint_files or self.best_epochs)
 
+    @property
+    def killed_in_first_save(self):
+        """The first `last` checkpoint is on disk but not yet listed in its index.
+
+        TensorFlow's CheckpointManager writes ckpt-N's files, then rewrites the index
+        (`checkpoint`); a kill in between leaves ckpt-1 unlisted, with no index at all.
+        Later saves cannot end like this (the index still lists the earlier ones), and a
+        lost index of several checkpoints is refused as damage.
+        """
+        return self.checkpoint_files == (1,) and not self.last_epochs
+
 
 def _checkpoint_epochs(directory):
     """Epochs of the ckpt-N.index files in `directory` (listed or not)."""
@@ -368,7 +397,7 @@ def resume_problems(state):
     problems = []
     if state.config is None:
         problems.append(f"{checkpoints.CONFIG_FILE} is missing")
-    if state.checkpoint_files and not state.last_epochs:
+    if state.checkpoint_files and not state.last_epochs and not state.killed_in_first_save:
         problems.append(f"{checkpoints.LAST_DIR}/checkpoint (the index of the checkpoints "
                         f"ckpt-{', ckpt-'.join(map(str, state.checkpoint_files))}) is missing")
     finished = state.finished_epoch

@@ -13,20 +13,16 @@ augmentation of an epoch are a function of (seed, epoch), and the attacks' noise
 """
 
 import dataclasses
-import math
 import os
 import sys
-import time
 
 from absl import flags
 from absl import logging
 import keras
-import numpy as np
 import tensorflow as tf
 
 from dac_tf import __version__
-from dac_tf import attacks
-from dac_tf import certainty
+from dac_tf import callbacks
 from dac_tf import checkpoints
 from dac_tf import cli
 from dac_tf import cluster
@@ -48,17 +44,24 @@ class TrainingError(errors.UserError):
     """Training cannot go on (e.g. a non-finite loss); the message says where."""
 
 
-def make_strategy(name, cpu_replicas=1):
+def make_strategy(name, cpu_replicas=1, cluster_timeout=600.0):
     """The distribution strategy of `--strategy`.
 
     mirrored: `MirroredStrategy` over the visible GPUs, or over `cpu_replicas` logical
       CPUs when there is no GPU; one device when that leaves one.
     one_device: the first GPU, else the CPU.
-    multi_worker: `MultiWorkerMirroredStrategy` configured by the TF_CONFIG variable.
+    multi_worker: `MultiWorkerMirroredStrategy` configured by the TF_CONFIG variable; it
+      waits at most `cluster_timeout` seconds for the other tasks to start, and a
+      collective (a training step's all-reduce) that takes longer fails.
     """
     if name == "multi_worker":
-        cluster.current_task()   # one-line errors for a missing or bad TF_CONFIG
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        task = cluster.current_task()   # one-line errors for a missing or bad TF_CONFIG
+        joined = cluster.watch_join(task, cluster_timeout)
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=cluster_timeout)
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        joined()
+        return strategy
     gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" and not gpus and cpu_replicas > 1:
         _split_cpu(cpu_replicas)
@@ -137,11 +140,11 @@ def _remove_leftovers(model_dir):
         if tf.io.gfile.isdir(directory):
             for name in tf.io.gfile.listdir(directory):
                 if "_temp" in name:
-                    tf.io.gfile.rmtree(os.path.join(directory, name.rstrip("/")))
+                    fileio.remove_tree(os.path.join(directory, name.rstrip("/")))
                     removed.append(name)
     for name in tf.io.gfile.listdir(model_dir):
         if name.startswith(".worker_"):
-            tf.io.gfile.rmtree(os.path.join(model_dir, name.rstrip("/")))
+            fileio.remove_tree(os.path.join(model_dir, name.rstrip("/")))
             removed.append(name)
     return removed
 
@@ -158,54 +161,6 @@ def _write_run_files(config, splits):
 def read_metrics(model_dir):
     """metrics.csv rows (`rundir.read_metrics`)."""
     return rundir.read_metrics(model_dir)
-
-
-# ------------------------------------------------------------------ evaluation
-def make_robust_evaluator(model, config, strategy):
-    """The per-epoch evaluation that selects `best`: clean and PGD accuracy and AC, BN in
-    inference mode, the cross-entropy loss, and the selection attack of `config`
-    (`config.selection`; by default the AT reference's PGD-10, step eps/4, uniform start,
-    at the evaluation radius: `dac_tf.protocol`).
-
-    Returns:
-      evaluate(x, y, epoch) -> dict(clean_accuracy, robust_accuracy, ac).
-    """
-
-    def step(images, labels, seed):
-        images = tf.cast(images, tf.float32)
-        labels = tf.cast(labels, tf.int32)
-        logits_fn = lambda t: tf.cast(model(t, training=False), tf.float32)  # noqa: E731
-        clean_logits = logits_fn(images)
-        adv = attacks.pgd(logits_fn, images, labels, epsilon=config.select_epsilon,
-                          step_size=config.select_step_size, num_steps=config.select_steps,
-                          norm=config.norm, loss="ce", start=config.select_start, seed=seed)
-        adv_logits = logits_fn(adv)
-        correct = lambda z: tf.reduce_sum(  # noqa: E731
-            tf.cast(tf.equal(tf.argmax(z, -1, output_type=tf.int32), labels), tf.float32))
-        return tf.stack([
-            correct(clean_logits), correct(adv_logits),
-            tf.reduce_sum(certainty.per_example_certainty(adv_logits, config.ac_measure)),
-            tf.cast(tf.shape(labels)[0], tf.float32)])
-
-    @tf.function(reduce_retracing=True)
-    def distributed_step(images, labels, seed):
-        per_replica = strategy.run(step, args=(images, labels, seed))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
-
-    def evaluate(x, y, epoch):
-        if config.eval_examples:
-            x, y = x[:config.eval_examples], y[:config.eval_examples]
-        ds = strategy.experimental_distribute_dataset(
-            data.eval_dataset(x, y, batch_size=config.eval_batch_size))
-        totals = np.zeros(4)
-        for i, (images, labels) in enumerate(ds):
-            seed = tf.constant([config.seed + 1, epoch * 1_000_003 + i], tf.int64)
-            totals += distributed_step(images, labels, seed).numpy()
-        clean, robust, ac_sum, count = totals
-        return {"clean_accuracy": clean / count, "robust_accuracy": robust / count,
-                "ac": ac_sum / count}
-
-    return evaluate
 
 
 # -------------------------------------------------------------------- training
@@ -240,79 +195,123 @@ def build_training(config, splits, strategy, steps_per_epoch):
     return base, model, optimizer, epoch
 
 
-class _StopOnNonFinite(keras.callbacks.Callback):
-    """Stops `fit` at the first batch whose loss is not finite and remembers which."""
-
-    def __init__(self):
-        super().__init__()
-        self.bad_batch = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self.bad_batch = batch
-            self.model.stop_training = True
+# What a collective raises when another task of a multi-worker cluster is gone or hung.
+_PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                  tf.errors.AbortedError, tf.errors.CancelledError)
 
 
-def _fit_epoch(model, config):
-    """One epoch with `model.fit` (single machine: one or several local devices)."""
-
-    def run(train_ds, steps):
-        stopper = _StopOnNonFinite()
-        history = model.fit(train_ds, epochs=1, steps_per_epoch=steps, shuffle=False,
-                            verbose=config.verbose, callbacks=[stopper])
-        return {k: float(v[-1]) for k, v in history.history.items()}, stopper.bad_batch
-
-    return run
+def _train_log_names(model):
+    names = ["loss", "adv_accuracy", "adv_certainty"] + (["ac_loss"] if model.use_dac else [])
+    if model.reference_bn_updates and model.method == "at":
+        names.append("clean_accuracy")   # the reference's clean train-mode forward
+    return names
 
 
-def _custom_loop_epoch(model, strategy, config):
-    """One epoch with a custom loop: `strategy.run(model.train_step)` per batch.
+def fit_epochs(model, strategy, dataset, *, initial_epoch, epochs, steps, callbacks,
+               verbose):
+    """Trains epochs `initial_epoch` .. `epochs - 1` with `callbacks`.
 
-    Keras' `fit` fails under `MultiWorkerMirroredStrategy` (keras-team/keras#20585); the
-    loop runs the same `DACModel.train_step`, so both paths share every line of the step.
+    One machine (one or several local devices): Keras' `fit`. Under
+    `MultiWorkerMirroredStrategy` Keras' `fit` fails (keras-team/keras#20585), so a custom
+    loop runs the same `DACModel.train_step` through `strategy.run` and drives the same
+    callbacks through a `keras.callbacks.CallbackList`.
+
+    Args:
+      model: a compiled `DACModel`.
+      strategy: the strategy the model was built under.
+      dataset: the batches of every epoch to run, in order (`data.train_dataset`).
+      initial_epoch, epochs: the epochs to run, counted from 0.
+      steps: batches per epoch.
+      callbacks: Keras callbacks.
+      verbose: Keras' progress verbosity.
     """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        model.fit(dataset, initial_epoch=initial_epoch, epochs=epochs,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
+                  shuffle=False)
+        return
 
     @tf.function
     def step(iterator):
         strategy.run(model.train_step, args=(next(iterator),))
 
-    names = ["loss", "adv_accuracy", "adv_certainty"] + (["ac_loss"] if model.use_dac else [])
-    if model.reference_bn_updates and model.method == "at":
-        names.append("clean_accuracy")   # the reference's clean train-mode forward
-
-    def run(train_ds, steps):
-        for metric in model.metrics:
-            metric.reset_state()
-        iterator = iter(strategy.experimental_distribute_dataset(train_ds))
-        bar = keras.utils.Progbar(steps, verbose=config.verbose, stateful_metrics=names)
-        for i in range(steps):
-            step(iterator)
-            loss = float(model.loss_tracker.result())
-            if not math.isfinite(loss):
-                return {"loss": loss}, i
-            bar.update(i + 1, [(n, float(m.result())) for n, m in _named(model, names)])
-        return {n: float(m.result()) for n, m in _named(model, names)}, None
-
-    return run
-
-
-def _named(model, names):
+    names = _train_log_names(model)
     by_name = {m.name: m for m in model.metrics}
-    return [(n, by_name[n]) for n in names]
+
+    def logs():
+        return {n: float(by_name[n].result()) for n in names}
+
+    callback_list = keras.callbacks.CallbackList(
+        callbacks, add_history=True, add_progbar=verbose != 0, model=model,
+        verbose=verbose, epochs=epochs, steps=steps)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    where = "the start of training"
+    try:
+        callback_list.on_train_begin()
+        for epoch in range(initial_epoch, epochs):
+            for metric in model.metrics:
+                metric.reset_state()
+            callback_list.on_epoch_begin(epoch)
+            for batch in range(steps):
+                where = f"epoch {epoch + 1}, batch {batch + 1}"
+                callback_list.on_train_batch_begin(batch)
+                step(iterator)
+                callback_list.on_train_batch_end(batch, logs())
+            where = f"the end of epoch {epoch + 1} (evaluation, checkpoint)"
+            callback_list.on_epoch_end(epoch, logs())
+            if model.stop_training:
+                break
+        callback_list.on_train_end()
+    except _PEER_FAILURES as e:
+        # A dead or hung task fails the collectives of all the others (gRPC
+        # unavailable after the coordination service's heartbeat, or the collective
+        # timeout): one line naming it, and the exit code that asks for a retry.
+        raise cluster.peer_lost_error(cluster.current_task(), e, where) from None
 
 
-def _epoch_row(epoch, lr, logs, val, test, seconds):
-    row = {"epoch": epoch, "lr": lr, "train_loss": logs.get("loss"),
-           "train_adv_accuracy": logs.get("adv_accuracy"),
-           "train_ac": logs.get("adv_certainty"), "train_ac_loss": logs.get("ac_loss"),
-           "train_clean_accuracy": logs.get("clean_accuracy"), "epoch_seconds": seconds}
-    for prefix, result in (("val", val), ("test", test)):
-        if result is not None:
-            row[f"{prefix}_clean_accuracy"] = result["clean_accuracy"]
-            row[f"{prefix}_robust_accuracy"] = result["robust_accuracy"]
-            row[f"{prefix}_ac"] = result["ac"]
-    return row
+def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select_key,
+                        steps, log_names):
+    """The training loop's callbacks, in the order they run at each epoch's end.
+
+    Validation (selection split, then test) adds its values to the logs; then the
+    epoch's lr and time; then the metrics row, `last` and `best` are written in that
+    order (what `rundir.resume_problems` relies on after a kill); then TensorBoard and
+    the summary line.
+    """
+    save_manager, best_manager = managers
+    best_epoch, best_value = rundir.best_epoch(rows, select_key)
+    validation = dict(
+        epsilon=config.select_epsilon, step_size=config.select_step_size,
+        num_steps=config.select_steps, norm=config.norm, start=config.select_start,
+        batch_size=config.eval_batch_size, num_examples=config.eval_examples or None,
+        seed=config.seed, ac_measure=config.ac_measure, verbose=bool(config.verbose))
+    best = callbacks.BestCheckpoint(best_manager, select_key, best_epoch, best_value)
+    chain = [callbacks.StopOnNonFiniteLoss(
+        "lower --lr, check the data, or use --mixed_precision=float32")]
+    if config.verbose:
+        chain.append(callbacks.TrainingProgress(config.epochs, steps, log_names))
+    if len(splits.y_val):
+        chain.append(callbacks.RobustValidation(splits.x_val, splits.y_val, prefix="val",
+                                                **validation))
+    chain += [callbacks.RobustValidation(splits.x_test, splits.y_test, prefix="test",
+                                         **validation),
+              callbacks.EpochInfo()]
+
+    def write_row(epoch, logs):
+        rows.append(rundir.row_from_logs(epoch + 1, logs))
+        rundir.write_metrics(config.model_dir, rows)
+
+    if chief:
+        chain.append(callbacks.LambdaEpochEnd(write_row))
+    chain += [callbacks.EpochCheckpoint(save_manager, epoch_var), best]
+    if chief:
+        chain.append(keras.callbacks.TensorBoard(
+            os.path.join(config.model_dir, "tensorboard"), write_graph=False,
+            profile_batch=0, update_freq="epoch"))
+    chain.append(callbacks.LambdaEpochEnd(
+        lambda epoch, logs: print(_summary_line(epoch + 1, logs, select_key, best),
+                                  flush=True)))
+    return chain
 
 
 def train_and_evaluate(config):
@@ -346,6 +345,8 @@ def train_and_evaluate(config):
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
 
+    strategy = _make_checked_strategy(config)
+
     created = _first_missing_ancestor(config.model_dir)
     try:
         tf.io.gfile.makedirs(config.model_dir)
@@ -357,12 +358,18 @@ def train_and_evaluate(config):
         if owner:
             lock.acquire()
             # Another process may have written the run since the first look.
-            continuing = _check_resumable(config, rundir.inspect(config.model_dir))
+            state = rundir.inspect(config.model_dir)
+            continuing = _check_resumable(config, state)
             _remove_leftovers(config.model_dir)
+            if state.killed_in_first_save:
+                last_dir = os.path.join(config.model_dir, checkpoints.LAST_DIR)
+                _list_first_checkpoint(last_dir)
+                print("note: the first checkpoint was saved but not yet listed when the "
+                      "run was stopped; listed it again.", flush=True)
         previous_policy = keras.mixed_precision.global_policy()
         keras.mixed_precision.set_global_policy(config.mixed_precision)
         try:
-            return _run(config, splits, steps, continuing, owner)
+            return _run(config, splits, steps, continuing, owner, strategy)
         finally:
             keras.mixed_precision.set_global_policy(previous_policy)
     except BaseException:
@@ -370,10 +377,29 @@ def train_and_evaluate(config):
         # so does not block a corrected command); a run with saved epochs is kept.
         lock.release()
         if created and owner and not rundir.inspect(config.model_dir).has_checkpoints:
-            tf.io.gfile.rmtree(created)
+            fileio.remove_tree(created)
         raise
     finally:
         lock.release()
+
+
+def _list_first_checkpoint(last_dir):
+    """Writes the index of `last_dir` listing ckpt-1 (`RunState.killed_in_first_save`)."""
+    first = os.path.join(last_dir, "ckpt-1")
+    saved_at = tf.io.gfile.stat(first + ".index").mtime_nsec / 1e9
+    # TF2 has no public call to list an existing checkpoint; the TF1 one warns that it
+    # is deprecated in favour of CheckpointManager, which cannot do it.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        # CheckpointManager keeps only checkpoints saved after `last_preserved_timestamp`.
+        tf.compat.v1.train.update_checkpoint_state(
+            last_dir, first, all_model_checkpoint_paths=[first],
+            all_model_checkpoint_timestamps=[saved_at],
+            last_preserved_timestamp=saved_at - 1)
+    finally:
+        logger.setLevel(level)
 
 
 def _first_missing_ancestor(path):
@@ -433,14 +459,26 @@ def _restore_latest(checkpoint, manager):
     return None
 
 
-def _run(config, splits, steps, continuing, chief):
-    strategy = make_strategy(config.strategy, config.cpu_replicas)
+def _make_checked_strategy(config):
+    """The strategy of `config`, with the checks that need it: every multi-worker task
+    runs the same flags, and the batch covers every replica. Runs before anything is
+    written, so a task that gives up waiting for its peers leaves nothing behind."""
+    strategy = make_strategy(config.strategy, config.cpu_replicas, config.cluster_timeout)
+    if config.strategy == "multi_worker":
+        identity = {k: v for k, v in config.to_json_dict().items()
+                    if k in config_lib.FLAG_NAMES and k not in config_lib.RESUME_IGNORED}
+        identity["model_dir"] = config.model_dir   # every task reads the chief's run
+        cluster.check_same_flags(strategy, cluster.current_task(), identity)
     if config.batch_size < strategy.num_replicas_in_sync:
         raise config_lib.ConfigError(
             f"--batch_size={config.batch_size} is smaller than the "
             f"{strategy.num_replicas_in_sync} replicas training it (GPUs, --cpu_replicas or "
             "workers): the global batch is split over them; use --batch_size >= "
             f"{strategy.num_replicas_in_sync}.")
+    return strategy
+
+
+def _run(config, splits, steps, continuing, chief, strategy):
     base, model, optimizer, epoch_var = build_training(config, splits, strategy, steps)
     last_ckpt = tf.train.Checkpoint(model=base, optimizer=optimizer, epoch=epoch_var)
     # Every multi-worker task takes part in a save; only the chief's lands in model_dir
@@ -456,9 +494,14 @@ def _run(config, splits, steps, continuing, chief):
     best_manager = tf.train.CheckpointManager(
         best_ckpt, os.path.join(write_dir, checkpoints.BEST_DIR), max_to_keep=1)
 
-    has_val = len(splits.y_val) > 0
-    select_key = rundir.selection_key(has_val)
+    select_key = rundir.selection_key(len(splits.y_val) > 0)
     rows = []
+    if continuing and not last_manager.checkpoints:
+        # Never train from scratch over a run's files (inspect saw checkpoints).
+        raise rundir.RunDirError(
+            f"--model_dir={config.model_dir} holds checkpoint files but "
+            f"{checkpoints.LAST_DIR}/checkpoint lists none. Nothing was changed. Restore "
+            "the index from a backup, or move the directory away to start afresh.")
     if continuing and _restore_latest(last_ckpt, last_manager):
         restored = int(epoch_var.numpy())
         rows = [r for r in rundir.read_metrics(config.model_dir) if r["epoch"] <= restored]
@@ -475,58 +518,34 @@ def _run(config, splits, steps, continuing, chief):
         print(f"Resuming {config.model_dir} from epoch {restored}.", flush=True)
     if chief:
         _write_run_files(config, splits)
-    best_epoch, best_value = rundir.best_epoch(rows, select_key)
+        rundir.write_metrics(config.model_dir, rows)   # drops rows past the checkpoint
 
-    evaluate = make_robust_evaluator(base, config, strategy)
-    writer = tf.summary.create_file_writer(os.path.join(write_dir, "tensorboard"))
-    run_epoch = (_custom_loop_epoch(model, strategy, config) if config.strategy == "multi_worker"
-                 else _fit_epoch(model, config))
     start_epoch = int(epoch_var.numpy())
-    for epoch in range(start_epoch, config.epochs):
-        began = time.time()
-        train_ds = data.train_dataset(
-            splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed,
-            augment=config.augment, pad=config.pad, start_epoch=epoch, num_epochs=1).take(steps)
-        if config.verbose:
-            print(f"Epoch {epoch + 1}/{config.epochs}", flush=True)
-        logs, bad_batch = run_epoch(train_ds, steps)
-        if bad_batch is not None or not all(math.isfinite(v) for v in logs.values()):
-            where = f"batch {bad_batch + 1} of " if bad_batch is not None else ""
-            raise TrainingError(
-                f"non-finite loss at {where}epoch {epoch + 1}; training stopped. The last "
-                f"good checkpoint ({last_manager.latest_checkpoint or 'none yet'}) and the "
-                "best one are kept; lower --lr, check the data, or use float32.")
-        lr = float(optimizer.learning_rate)   # the rate of the epoch's last batch
-        val = evaluate(splits.x_val, splits.y_val, epoch) if has_val else None
-        test = evaluate(splits.x_test, splits.y_test, epoch)
-        seconds = time.time() - began
-        row = _epoch_row(epoch + 1, lr, logs, val, test, seconds)
-        rows.append(row)
+    chain = _training_callbacks(config, splits, chief, (save_manager, best_manager),
+                                epoch_var, rows, select_key, steps, _train_log_names(model))
+    dataset = data.train_dataset(
+        splits.x_train, splits.y_train, batch_size=config.batch_size, seed=config.seed,
+        augment=config.augment, pad=config.pad, start_epoch=start_epoch,
+        num_epochs=config.epochs - start_epoch, max_steps_per_epoch=steps)
+    # The callbacks print the progress (TrainingProgress) and one line per epoch.
+    try:
+        fit_epochs(model, strategy, dataset, initial_epoch=start_epoch,
+                   epochs=config.epochs, steps=steps, callbacks=chain, verbose=0)
+    finally:
+        # A task's scratch copy of the checkpoints never outlives it.
+        if not chief and tf.io.gfile.exists(write_dir):
+            fileio.remove_tree(write_dir)
 
-        # Order matters for resuming after a kill at any point: the metrics row first
-        # (rows beyond the restored checkpoint are dropped), then `last`, then `best`
-        # (a missing best of the restored epoch is saved again from `last`).
-        epoch_var.assign(epoch + 1)
-        if chief:
-            rundir.write_metrics(config.model_dir, rows)
-        save_manager.save(checkpoint_number=epoch + 1)
-        if row[select_key] > best_value:
-            best_epoch, best_value = epoch + 1, row[select_key]
-            best_manager.save(checkpoint_number=epoch + 1)
-        with writer.as_default(step=epoch + 1):
-            for key, value in row.items():
-                if key != "epoch" and value is not None:
-                    tf.summary.scalar(key, value)
-        print(_summary_line(row, has_val, best_epoch), flush=True)
-
+    best_epoch, best_value = rundir.best_epoch(rows, select_key)
     summary = {"best_epoch": best_epoch, "best_" + select_key: best_value,
                "last": rows[-1] if rows else None, "model_dir": config.model_dir}
-    plots = []
     if not chief:
-        tf.io.gfile.rmtree(write_dir)
         return summary
     fileio.write_json_atomic(os.path.join(config.model_dir, rundir.SUMMARY_FILE), summary)
+    plots = []
     if config.report and rows:
+        print("Drawing the plots (the heatmaps attack the train and test splits with the "
+              "best and last checkpoints)...", flush=True)
         plots = _report(config.model_dir)
     summary["plots"] = plots
     print(f"\nModel (best = epoch {best_epoch}, last = epoch {len(rows)}): "
@@ -538,14 +557,15 @@ def _run(config, splits, steps, continuing, chief):
     return summary
 
 
-def _summary_line(row, has_val, best_epoch):
-    split = "val" if has_val else "test"
-    ac_loss = "" if row.get("train_ac_loss") is None else f" ac_loss {row['train_ac_loss']:.4f}"
-    return (f"epoch {row['epoch']:>3d}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-            f"train adv {row['train_adv_accuracy']:.4f}  AC {row['train_ac']:.4f}{ac_loss}  "
-            f"{split} clean {row[split + '_clean_accuracy']:.4f} robust "
-            f"{row[split + '_robust_accuracy']:.4f}  best epoch {best_epoch}  "
-            f"{row['epoch_seconds']:.1f}s")
+def _summary_line(epoch, logs, select_key, best):
+    """One line per epoch: the training values, the selection split, the best epoch."""
+    split = select_key.split("_")[0]
+    ac_loss = f" ac_loss {logs['ac_loss']:.4f}" if "ac_loss" in logs else ""
+    return (f"epoch {epoch:>3d}  lr {logs['lr']:.4g}  loss {logs['loss']:.4f}  "
+            f"train adv {logs['adv_accuracy']:.4f}  AC {logs['adv_certainty']:.4f}{ac_loss}  "
+            f"{split} clean {logs[split + '_clean_accuracy']:.4f} robust "
+            f"{logs[split + '_robust_accuracy']:.4f}  best epoch {best.best_epoch}  "
+            f"{logs['epoch_seconds']:.1f}s")
 
 
 def _report(model_dir):
@@ -574,7 +594,7 @@ def _model_dir_of_flagfile(argv, flag_values):
             path = arg[len("--flagfile="):]
             directory = os.path.dirname(os.path.abspath(path))
             if (os.path.basename(path) == checkpoints.FLAGS_FILE
-                    and os.path.exists(checkpoints.config_path(directory))):
+                    and tf.io.gfile.exists(checkpoints.config_path(directory))):
                 return directory
     return None
 

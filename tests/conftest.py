@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
@@ -19,7 +20,24 @@ except RuntimeError:  # already initialised (e.g. a plugin imported TF first)
     pass
 
 
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False,
+                     help="also run the tests marked slow (CI does: bash .ci/run)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--runslow"):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow (CI does)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: takes tens of seconds (several processes or whole runs); "
+        "skipped unless --runslow, which CI passes")
     config.addinivalue_line(
         "markers", "crosscheck: compares with a second implementation (needs torch and "
         "pyautoattack; skipped when they are not installed)")

@@ -158,7 +158,8 @@ EVAL_FLAG_VALUES = {
 @given(st.fixed_dictionaries({}, optional=EVAL_FLAG_VALUES))
 def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):
     from absl import flags as absl_flags
-    from dac_tf import eval_attacks, evaluate
+    from dac_tf import evaluate
+    from dac_tf.evaluation import attacks
 
     flag_values = absl_flags.FlagValues()
     evaluate.define_flags(flag_values)
@@ -166,7 +167,7 @@ def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):
                 + [f"--{k}={v}" for k, v in values.items()])
     try:
         config = evaluate.config_from_flags(flag_values)
-    except (evaluate.EvaluationError, eval_attacks.AttackError) as e:
+    except (evaluate.EvaluationError, attacks.AttackError) as e:
         message = str(e)
         assert "\n" not in message and message.startswith("--"), message
         return
@@ -174,7 +175,7 @@ def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):
     assert config.epsilon is None or 0 <= config.epsilon <= 1
     assert config.batch_size >= 1 and config.split in evaluate.SPLITS
     assert all(c in ("best", "last") for c in config.checkpoints)
-    assert eval_attacks.parse_attacks(config.attacks)
+    assert attacks.parse_attacks(config.attacks)
 
 
 def _net(outputs=3, activation=None, two_outputs=False):

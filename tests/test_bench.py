@@ -77,6 +77,7 @@ def test_step_flops_counts_the_reference_bn_forwards(method, use_dac, extra_forw
         plain + extra_forwards * f)
 
 
+@pytest.mark.slow   # times four training configurations
 def test_benchmark_end_to_end_with_and_without_dac(tmp_path):
     output = str(tmp_path / "bench.json")
     lines = []
@@ -104,6 +105,7 @@ def test_benchmark_end_to_end_with_and_without_dac(tmp_path):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+@pytest.mark.slow   # eight timed training configurations
 def test_reference_bn_updates_rows_and_their_cost_ratio(monkeypatch):
     built = []
 
@@ -131,6 +133,7 @@ def test_reference_bn_updates_rows_and_their_cost_ratio(monkeypatch):
     assert table[3].startswith("| small_cnn | train | at | on | on | 8 | fp32 |")
 
 
+@pytest.mark.slow   # times two training configurations
 def test_failing_mode_is_recorded_and_the_rest_runs(monkeypatch):
     real = bench.make_train_runner
 
@@ -187,6 +190,7 @@ def test_plan_puts_xla_last_and_times_the_input_pipeline_once_per_batch():
         ("train", False), ("eval", None), ("input", None)}
 
 
+@pytest.mark.slow   # the real entry point, a TensorFlow process
 def test_cli_writes_json_and_prints_the_table_last(tmp_path):
     output = tmp_path / "out" / "bench.json"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")

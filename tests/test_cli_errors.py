@@ -190,3 +190,48 @@ def _dead_pid():
 def test_evaluate_of_a_missing_model_is_one_line(tmp_path):
     result = clitools.run_main(evaluate, [f"--model={tmp_path / 'nope'}"])
     assert_one_line(result, "no such directory")
+
+
+def test_the_entry_point_prints_the_error_line_and_no_tensorflow_chatter(tmp_path):
+    """`python -m dac_tf.train` for real: TensorFlow's start-up log lines are filtered
+    out of stderr, so the promised one line is all there is."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-m", "dac_tf.train", "--epsilon=0.031",
+                             f"--model_dir={tmp_path / 'run'}"], capture_output=True,
+                            text=True, env=env, timeout=300,
+                            cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: --epsilon=0.031 is in pixel units /255 (8 means 8/255); for 0.031 in "
+        "[0, 1] units pass --epsilon=7.905."], result.stderr
+
+
+def test_the_log_filter_keeps_errors_and_drops_chatter():
+    import subprocess
+    import sys
+    from dac_tf import _logfilter
+    lines = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written "
+        "to STDERR",
+        "I0000 00:00:1795621857.771353   22407 port.cc:153] oneDNN custom operations",
+        "I0000 00:00:1795621857.810378   22407 cpu_feature_guard.cc:227] This binary",
+        "To enable the following instructions: AVX2 AVX512F, in other operations.",
+        "W0000 00:00:1795621860.722585   22407 auto_shard.cc:559] assert_cardinality",
+        "\t [[{{node MultiDeviceIteratorGetNextFromShard}}]]",
+        "E0000 00:00:1795621860.281334   22407 cuda_platform.cc:52] failed call to cuInit",
+        "E0000 00:00:1795621860.281334   22407 bfc_allocator.cc:1] Out of memory",
+        "F0000 00:00:1795621860.281334   22407 check.cc:1] Check failed: x",
+        "Traceback (most recent call last):",
+        "  File \"x.py\", line 1, in <module>",
+        "error: --lr=inf is not valid",
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    kept = subprocess.run([sys.executable, "-S", "-c", _logfilter._FILTER],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          env=env, timeout=60).stdout.splitlines()
+    expected = lines[7:]
+    if os.path.exists("/proc/driver/nvidia"):   # a GPU machine keeps the cuInit error
+        expected = lines[6:]
+    assert kept == expected

@@ -78,7 +78,9 @@ def two_cpu_strategy():
     return cpu_strategy(2)
 
 
-@pytest.mark.parametrize("method", ["at", "trades", "mart"])
+# TRADES here; AT and MART also in the uneven-batch test below (with --runslow all three).
+@pytest.mark.parametrize("method", ["trades", pytest.param("at", marks=pytest.mark.slow),
+                                    pytest.param("mart", marks=pytest.mark.slow)])
 def test_two_replicas_equal_one_device(method):
     keras.utils.set_random_seed(0)
     init = make_base().get_weights()
@@ -94,9 +96,13 @@ def test_two_replicas_equal_one_device(method):
         np.testing.assert_allclose(single_logs[key], mirrored_logs[key], rtol=1e-4)
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-@pytest.mark.parametrize("remainder", [0, 1, 2])
-@pytest.mark.parametrize("method", ["at", "mart"])
+# AT for every replica count and remainder; MART's robust loss for the hardest case by
+# default, and for every case with --runslow.
+@pytest.mark.parametrize("replicas, remainder, method", [
+    *[(r, m, "at") for r in (2, 3) for m in (0, 1, 2)],
+    (3, 1, "mart"),
+    *[pytest.param(r, m, "mart", marks=pytest.mark.slow)
+      for r in (2, 3) for m in (0, 1, 2) if (r, m) != (3, 1)]])
 def test_uneven_and_tiny_last_batches_equal_one_device(replicas, remainder, method):
     """12 + remainder examples in batches of 6: the last batch has `remainder` examples,
     so with 3 replicas one or two replicas get none."""
@@ -118,8 +124,10 @@ def _replica_values(variable):
     return [np.asarray(v) for v in getattr(value, "values", [value])]
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
-@pytest.mark.parametrize("method", ["at", "trades"])
+@pytest.mark.parametrize("replicas, method", [
+    (3, "at"), (2, "trades"),
+    pytest.param(2, "at", marks=pytest.mark.slow),
+    pytest.param(3, "trades", marks=pytest.mark.slow)])
 def test_batchnorm_statistics_stay_finite_and_are_replica_0s(replicas, method):
     """A last batch of one example leaves the other replicas with empty batches: their
     batch statistics are NaN. Every replica must end with replica 0's finite statistics

@@ -7,6 +7,7 @@ must reach non-trivial adversarial accuracy on held-out digits.
 
 import numpy as np
 import keras
+import pytest
 import tensorflow as tf
 
 import dac_tf
@@ -37,6 +38,7 @@ def train(use_dac, init, splits):
         dac_tf.adversarial_certainty(logits))
 
 
+@pytest.mark.slow   # 6 epochs of two trainings: about 20 s
 def test_dac_lowers_training_ac_and_both_learn_robustly():
     splits = data.load("digits")
     keras.utils.set_random_seed(0)

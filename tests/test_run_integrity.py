@@ -207,6 +207,7 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     rundir.RunLock(str(tmp_path)).acquire().release()
 
 
+@pytest.mark.slow   # a second TensorFlow process holds the lock for real
 def test_a_second_training_on_a_live_run_is_refused_and_a_killed_one_restarts(tmp_path):
     model_dir = tmp_path / "live"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
@@ -234,6 +235,7 @@ def test_a_second_training_on_a_live_run_is_refused_and_a_killed_one_restarts(tm
     assert not (model_dir / rundir.LOCK_FILE).exists()
 
 
+@pytest.mark.slow   # a full epoch on 2 replicas; tests/test_distribute.py covers the step
 def test_two_replicas_with_a_last_batch_of_one_example_train_to_the_end(tmp_path):
     """The reported case: quickstart's digits with --val_size=221 leave 1217 training
     examples, so the last batch of 64 holds one example and replica 1 gets none. It used
@@ -245,3 +247,18 @@ def test_two_replicas_with_a_last_batch_of_one_example_train_to_the_end(tmp_path
     (row,) = rundir.read_metrics(str(tmp_path / "run"))
     assert all(v is None or v == v for v in row.values())      # no NaN anywhere
     assert 0 < row["train_loss"] < 10 and 0 <= row["val_robust_accuracy"] <= 1
+
+
+def test_a_kill_between_the_first_checkpoint_and_its_index_resumes(tmp_path):
+    """TensorFlow writes ckpt-1's files before the index that lists them: a kill in
+    between leaves epoch 1 saved but unlisted. That is resumed (the index is rebuilt),
+    not refused as damage (which a lost index of several checkpoints is)."""
+    model_dir = tmp_path / "run"
+    assert run_train(model_dir, "--epochs=1").code == 0
+    os.remove(model_dir / "checkpoints" / "checkpoint")
+    for name in os.listdir(model_dir / "best"):     # best/ is saved after last/
+        os.remove(model_dir / "best" / name)
+    result = run_train(model_dir, "--epochs=2", "--resume")
+    assert result.code == 0, result.stderr
+    assert "listed it again" in result.stdout and "Resuming" in result.stdout
+    assert [r["epoch"] for r in rundir.read_metrics(str(model_dir))] == [1, 2]

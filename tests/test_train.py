@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 
+import clitools
 from dac_tf import checkpoints
 from dac_tf import config as config_lib
 from dac_tf import rundir
@@ -19,7 +21,7 @@ from dac_tf import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(dataset="digits", arch="small_cnn", epochs=2, batch_size=64, lr=0.05,
             lr_schedule="constant", epsilon=32, step_size=8, num_steps=3, val_size=100,
-            eval_examples=96, report=False, verbose=0)
+            eval_examples=96, max_steps_per_epoch=6, report=False, verbose=0)
 
 
 def tiny_flags(model_dir, **overrides):
@@ -34,10 +36,13 @@ def tiny_flags(model_dir, **overrides):
     return args
 
 
-def run_cli(args, module="dac_tf.train", timeout=300):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, "-m", module] + args, cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(args, timeout=None):
+    """`python -m dac_tf.train ARGS`, run in this process (`clitools.run_main`); the
+    entry point itself is tested once, in tests/test_cli_errors.py."""
+    del timeout   # in-process: nothing to wait for
+    result = clitools.run_main(train, args)
+    return types.SimpleNamespace(returncode=result.code, stdout=result.stdout,
+                                 stderr=result.stderr)
 
 
 # ------------------------------------------------------------------- config
@@ -82,7 +87,7 @@ def test_bad_values_name_the_flag(values, flag):
 @pytest.mark.parametrize("args, expected", [
     (["--method=pgd"], "--method"),
     (["--method=at", "--beta=6"], "--beta"),
-    (["--flagfile=configs/does_not_exist.cfg"], "does_not_exist.cfg"),
+    (["--flagfile={tmp}/does_not_exist.cfg"], "does_not_exist.cfg"),
     (["--dataset=cifar10", "--data_dir={tmp}/empty"], "--data_dir"),
     (["--epochs=-1"], "--epochs"),
 ])
@@ -141,6 +146,7 @@ def test_end_to_end_run_writes_everything(tmp_path):
     assert again.returncode != 0 and "--lr" in again.stderr and "Traceback" not in again.stderr
 
 
+@pytest.mark.slow   # a real process killed mid-run, then two trainings
 def test_killed_run_resumes_to_the_same_weights(tmp_path):
     flags3 = dict(epochs=3, val_size=0, eval_examples=64, num_steps=2)
     reference = tmp_path / "uninterrupted"

@@ -1,0 +1,269 @@
+"""Keras callbacks for robust training: what the training CLI's loop is made of.
+
+`RobustValidation` is what a user's own `fit` needs to see robust overfitting and to
+keep the best robust model, exactly as `python -m dac_tf.train` does:
+
+    model.fit(train_ds, epochs=200, callbacks=[
+        dac_tf.callbacks.RobustValidation(x_val, y_val, epsilon=8 / 255),
+        keras.callbacks.ModelCheckpoint("best.weights.h5", monitor="val_robust_accuracy",
+                                        save_best_only=True, save_weights_only=True),
+        keras.callbacks.CSVLogger("metrics.csv"),
+    ])
+
+After every epoch it attacks the model with PGD (cross-entropy, BatchNorm in inference
+mode: the reference's per-epoch evaluation) and adds `{prefix}_clean_accuracy`,
+`{prefix}_robust_accuracy` and `{prefix}_adv_certainty` to the logs, so every later
+callback (checkpointing, early stopping, CSV, TensorBoard) sees them.
+`robust_accuracy`/`clean_accuracy` are maximised and `adv_certainty` minimised by
+Keras' `mode="auto"` (`METRIC_DIRECTIONS`).
+
+The other callbacks are the training CLI's own pieces (run directory, checkpoints, the
+one-line epoch summary); they are public so that a custom loop can drive the same list
+(the multi-worker path does: Keras' `fit` does not run under
+`MultiWorkerMirroredStrategy`).
+"""
+
+import math
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from dac_tf import attacks
+from dac_tf import certainty
+from dac_tf import data
+from dac_tf import errors
+from dac_tf import model as model_lib
+
+# The direction of each value `RobustValidation` logs, as Keras' `mode="auto"` reads it
+# through `DACModel.metrics` (`dac_tf.model.METRIC_DIRECTIONS`, the one table).
+METRIC_DIRECTIONS = {key: model_lib.METRIC_DIRECTIONS[key]
+                     for key in ("clean_accuracy", "robust_accuracy", "adv_certainty")}
+
+
+class NonFiniteLossError(errors.UserError):
+    """The training loss became NaN or infinite (the message says where)."""
+
+
+def _global_sums(strategy, step, *args):
+    per_replica = strategy.run(step, args=args)
+    return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+
+class RobustValidation(keras.callbacks.Callback):
+    """Clean and PGD accuracy and adversarial certainty on held-out data, every epoch.
+
+    Args:
+      x, y: images [N, H, W, C] (uint8, or float in [0, 1]) and integer labels.
+      epsilon: attack radius in [0, 1] units (8/255 for the CIFAR protocol).
+      step_size: step in [0, 1] units; default epsilon / 4 (2/255 at 8/255, the AT
+        reference's).
+      num_steps: PGD steps (the AT reference: 10).
+      norm: "linf" or "l2".
+      start: random start, "uniform" (the reference's), "normal" or "none".
+      batch_size: examples per batch (padded and masked, so every example counts once).
+      num_examples: attack only the first N examples (None: all).
+      seed: seed of the random starts; a batch's start depends on (seed, epoch, batch).
+      prefix: log keys are `{prefix}_clean_accuracy`, `{prefix}_robust_accuracy`,
+        `{prefix}_adv_certainty` ("val", "test", ...).
+      ac_measure: "std" (the reference code's) or "var" (the paper's Definition 1).
+      verbose: 1 shows a progress bar over the batches.
+    """
+
+    def __init__(self, x, y, *, epsilon, step_size=None, num_steps=10, norm="linf",
+                 start="uniform", batch_size=256, num_examples=None, seed=0, prefix="val",
+                 ac_measure="std", verbose=0):
+        super().__init__()
+        certainty.validate_measure(ac_measure)
+        if not 0 <= epsilon <= 1 or not math.isfinite(epsilon):
+            raise ValueError(f"epsilon={epsilon} must be in [0, 1] (8/255 for 8 pixel "
+                             "levels).")
+        x, y = np.asarray(x), np.asarray(y)
+        if num_examples:
+            x, y = x[:num_examples], y[:num_examples]
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(f"RobustValidation needs as many labels as images (> 0), "
+                             f"got {len(x)} images and {len(y)} labels.")
+        self.x, self.y = x, y.astype(np.int32)
+        self.epsilon = float(epsilon)
+        self.step_size = self.epsilon / 4 if step_size is None else float(step_size)
+        self.num_steps = int(num_steps)
+        self.norm, self.start = norm, start
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.prefix, self.ac_measure, self.verbose = prefix, ac_measure, verbose
+        self._step = None
+        self._strategy = None
+
+    def _make_step(self, strategy):
+        model = self.model
+
+        def step(images, labels, weights, seed):
+            logits_fn = lambda t: tf.cast(model(t, training=False), tf.float32)  # noqa: E731
+            clean_logits = logits_fn(images)
+            adv = attacks.pgd(logits_fn, images, labels, epsilon=self.epsilon,
+                              step_size=self.step_size, num_steps=self.num_steps,
+                              norm=self.norm, loss="ce", start=self.start, seed=seed)
+            adv_logits = logits_fn(adv)
+
+            def correct(z):
+                hits = tf.equal(tf.argmax(z, -1, output_type=tf.int32), labels)
+                return tf.reduce_sum(tf.cast(hits, tf.float32) * weights)
+
+            ac = certainty.per_example_certainty(adv_logits, self.ac_measure)
+            return tf.stack([correct(clean_logits), correct(adv_logits),
+                             tf.reduce_sum(ac * weights), tf.reduce_sum(weights)])
+
+        return tf.function(lambda *args: _global_sums(strategy, step, *args),
+                           reduce_retracing=True)
+
+    def evaluate(self, epoch=0):
+        """The three values (a dict without the prefix) for the model as it is now."""
+        strategy = getattr(self.model, "distribute_strategy", None) or \
+            tf.distribute.get_strategy()
+        if self._step is None or self._strategy is not strategy:
+            self._step, self._strategy = self._make_step(strategy), strategy
+        # Full batches only: the last one is padded with copies of its first example at
+        # weight 0, so every replica gets examples and the function is traced once.
+        n = len(self.x)
+        size = min(self.batch_size, n)
+        padded = -(-n // size) * size
+        index = np.concatenate([np.arange(n), np.zeros(padded - n, np.int64)])
+        weights = (np.arange(padded) < n).astype(np.float32)
+        batches = data.eval_dataset(self.x[index], self.y[index], batch_size=size)
+        weights_ds = tf.data.Dataset.from_tensor_slices(weights).batch(size)
+        dataset = strategy.experimental_distribute_dataset(
+            tf.data.Dataset.zip((batches, weights_ds)).map(lambda b, w: (b[0], b[1], w)))
+        bar = keras.utils.Progbar(padded // size, verbose=1 if self.verbose else 0,
+                                  unit_name="batch")
+        totals = np.zeros(4)
+        for i, (images, labels, batch_weights) in enumerate(dataset):
+            seed = tf.constant([self.seed + 1, epoch * 1_000_003 + i], tf.int64)
+            totals += self._step(images, labels, batch_weights, seed).numpy()
+            bar.update(i + 1)
+        clean, robust, ac_sum, count = totals
+        return {"clean_accuracy": clean / count, "robust_accuracy": robust / count,
+                "adv_certainty": ac_sum / count}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        if self.verbose:
+            print(f"{self.prefix}: PGD-{self.num_steps} on {len(self.x)} examples",
+                  flush=True)
+        for key, value in self.evaluate(epoch).items():
+            logs[f"{self.prefix}_{key}"] = float(value)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` at the first batch whose loss is NaN or infinite.
+
+    Keras' `TerminateOnNaN` stops the epoch, but Keras then still ends it
+    (`on_epoch_end`), so checkpoint callbacks would save the non-finite weights as the
+    epoch's; raising at the bad batch keeps the last good checkpoint the newest.
+    """
+
+    def __init__(self, hint="lower the learning rate, check the data, or use float32"):
+        super().__init__()
+        self.hint = hint
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"non-finite loss at batch {batch + 1} of epoch {self._epoch + 1}; "
+                f"training stopped and the last good checkpoint is kept; {self.hint}.")
+
+
+class EpochInfo(keras.callbacks.Callback):
+    """Adds `lr` (the rate of the epoch's last batch) and `epoch_seconds` to the logs.
+
+    Put it after the validation callbacks so the time includes the evaluation.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._began = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["epoch_seconds"] = time.time() - self._began
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Saves a `tf.train.CheckpointManager` after every epoch (`last`), numbered by the
+    epochs finished, with `epoch_var` (restored on resume) set to that number.
+    """
+
+    def __init__(self, manager, epoch_var):
+        super().__init__()
+        self.manager, self.epoch_var = manager, epoch_var
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epoch_var.assign(epoch + 1)
+        self.manager.save(checkpoint_number=epoch + 1)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves a `tf.train.CheckpointManager` when `monitor` improves (strictly, so ties keep
+    the earlier epoch: the rule of `dac_tf.rundir.best_epoch`).
+
+    Args:
+      manager: the `best` checkpoint manager.
+      monitor: the log key to maximise (e.g. "val_robust_accuracy").
+      best_epoch, best_value: the best so far (a resumed run's), epochs counted from 1.
+    """
+
+    def __init__(self, manager, monitor, best_epoch=0, best_value=-math.inf):
+        super().__init__()
+        self.manager, self.monitor = manager, monitor
+        self.best_epoch, self.best_value = best_epoch, best_value
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and math.isfinite(value) and value > self.best_value:
+            self.best_epoch, self.best_value = epoch + 1, float(value)
+            self.manager.save(checkpoint_number=epoch + 1)
+
+
+class TrainingProgress(keras.callbacks.Callback):
+    """"Epoch e/E" and a progress bar over the batches with the training values.
+
+    Unlike Keras' own progress bar it does not end with every log value of the epoch:
+    the training CLI prints one summary line instead.
+
+    Args:
+      epochs: the run's number of epochs.
+      steps: batches per epoch.
+      keys: the log keys to show (default: every key of the batch logs).
+    """
+
+    def __init__(self, epochs, steps, keys=None):
+        super().__init__()
+        self.epochs, self.steps, self.keys = epochs, steps, keys
+        self._bar = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        print(f"Epoch {epoch + 1}/{self.epochs}", flush=True)
+        self._bar = keras.utils.Progbar(self.steps, stateful_metrics=self.keys)
+
+    def on_train_batch_end(self, batch, logs=None):
+        logs = logs or {}
+        keys = self.keys if self.keys is not None else sorted(logs)
+        self._bar.update(batch + 1, [(k, float(logs[k])) for k in keys if k in logs])
+
+
+class LambdaEpochEnd(keras.callbacks.Callback):
+    """Calls `fn(epoch, logs)` at the end of every epoch (writing a file, printing)."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.fn(epoch, logs or {})
