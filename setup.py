@@ -36,6 +36,7 @@ setuptools.setup(
         "pillow>=9.0",
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6"],
+        # pyyaml: tests/test_cluster_docs.py reads the launch examples' YAML.
+        "test": ["pytest>=7", "hypothesis>=6", "pyyaml>=5"],
     },
 )

@@ -64,7 +64,7 @@ def checkpoint_path(model_dir, checkpoint="best"):
         raise CheckpointError(
             f"--checkpoint={checkpoint!r} is not valid; use one of {', '.join(CHECKPOINTS)}.")
     directory = os.path.join(model_dir, BEST_DIR if checkpoint == "best" else LAST_DIR)
-    path = tf.train.latest_checkpoint(directory) if os.path.isdir(directory) else None
+    path = tf.train.latest_checkpoint(directory) if tf.io.gfile.isdir(directory) else None
     if path is None:
         raise CheckpointError(
             f"no {checkpoint!r} checkpoint in {directory!r} (has the run finished an epoch?).")
@@ -79,9 +79,9 @@ def restore_weights(model, path):
         status.expect_partial()
         status.assert_existing_objects_matched()
     except (tf.errors.OpError, AssertionError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
-            f"checkpoint {path!r} does not match the model {model.name!r}: {first_line}"
+            f"checkpoint {path!r} does not match the model {model.name!r}: "
+            f"{fileio.first_line(e)}"
         ) from None
     return model
 

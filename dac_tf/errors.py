@@ -9,4 +9,11 @@ catch it like any `ValueError`.
 
 
 class UserError(ValueError):
-    """A bad flag, file or value: the message names it and what is valid, in one line."""
+    """A bad flag, file or value: the message names it and what is valid, in one line.
+
+    Attributes:
+      exit_code: the command-line programs' exit status for it (2: fix the input; a
+        subclass for a transient condition, such as a lost cluster peer, uses another).
+    """
+
+    exit_code = 2

@@ -36,7 +36,6 @@ import datetime
 import errno
 import json
 import os
-import shutil
 import uuid
 
 from absl import flags
@@ -49,6 +48,7 @@ import dac_tf
 from dac_tf import checkpoints
 from dac_tf import cli
 from dac_tf import errors
+from dac_tf import fileio
 
 FORMAT = "dac_tf.export/1"
 METADATA_FILE = os.path.join("assets.extra", "dac_tf_metadata.json")
@@ -114,16 +114,17 @@ def _unique(variables):
     return out
 
 
-class ServingModule(tf.__internal__.tracking.AutoTrackable):
+class ServingModule(tf.Module):
     """What is saved: the network's variables and the serving functions.
 
     It tracks the `tf.Variable`s the serving functions capture, not the Keras variables
     wrapping them: the TF1-style loader of TF Serving and `saved_model_cli run` restores
     only variables tracked as `tf.Variable`s (with the Keras wrappers alone every read
     fails with "Could not find variable ..."), and tracking both, as
-    `keras.export.ExportArchive` does, stores every weight twice. An AutoTrackable rather
-    than a `tf.Module`, whose read-only `variables` property would not be saved: these
-    lists are, so `loaded.variables` / `loaded.trainable_variables` work after loading.
+    `keras.export.ExportArchive` does, stores every weight twice. The lists are saved
+    attributes, so a loaded export has `loaded.model_variables` and
+    `loaded.model_trainable_variables` (`tf.Module`'s own `variables` is a property,
+    computed on the live object and not saved).
 
     Args:
       model: the base network, [0, 1] float images -> logits.
@@ -185,11 +186,9 @@ class ServingModule(tf.__internal__.tracking.AutoTrackable):
         self.serving_bytes = serving_bytes
         self.metadata = metadata
         concrete = [getattr(self, name).get_concrete_function() for name in SIGNATURES]
-        self.variables = _unique(v for fn in concrete for v in fn.variables)
-        self.trainable_variables = _unique(
+        self.model_variables = _unique(v for fn in concrete for v in fn.variables)
+        self.model_trainable_variables = _unique(
             v for fn in concrete for v in fn.trainable_variables)
-        trainable = {id(v) for v in self.trainable_variables}
-        self.non_trainable_variables = [v for v in self.variables if id(v) not in trainable]
 
     def signatures(self):
         """The signature map for `tf.saved_model.save`."""
@@ -259,15 +258,11 @@ def read_metadata(path):
     Returns:
       The metadata dict.
     """
-    versions = list_versions(path) if os.path.isdir(path) else {}
-    if not os.path.isfile(os.path.join(path, METADATA_FILE)) and versions:
+    versions = list_versions(path)
+    if not tf.io.gfile.exists(os.path.join(path, METADATA_FILE)) and versions:
         path = os.path.join(path, versions[max(versions)])
-    file = os.path.join(path, METADATA_FILE)
-    try:
-        with open(file, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"cannot read the export metadata {file}: {e}") from None
+    return fileio.read_json(os.path.join(path, METADATA_FILE), ExportError,
+                            "export metadata")
 
 
 # ---------------------------------------------------------------------- versions
@@ -304,11 +299,12 @@ def list_versions(export_base):
       {version int: directory name}. TF Serving reads "01" as version 1 too, so names
       are parsed as integers.
     """
-    if not os.path.isdir(export_base):
+    if not tf.io.gfile.isdir(export_base):
         return {}
-    return {int(name): name for name in os.listdir(export_base)
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(export_base)]
+    return {int(name): name for name in names
             if name.isdigit() and name.isascii()
-            and os.path.isdir(os.path.join(export_base, name))}
+            and tf.io.gfile.isdir(os.path.join(export_base, name))}
 
 
 def next_version(export_base):
@@ -318,12 +314,6 @@ def next_version(export_base):
 
 
 # ---------------------------------------------------------------------- export
-def _first_line(error):
-    lines = [line for line in str(error).strip().splitlines()
-             if line.strip() and not line.startswith("Graph execution error")]
-    return lines[0].strip() if lines else type(error).__name__
-
-
 def _run_like_tf_serving(path, feeds):
     """Runs signatures the way TF Serving does: the TF1 loader, then a session run.
 
@@ -332,12 +322,21 @@ def _run_like_tf_serving(path, feeds):
     another route, so an export can pass one and fail the other.
     """
     results = {}
-    with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-        meta_graph = tf.compat.v1.saved_model.load(sess, [tf.saved_model.SERVING], path)
-        for name, value in feeds.items():
-            signature = meta_graph.signature_def[name]
-            fetches = {k: t.name for k, t in signature.outputs.items()}
-            results[name] = sess.run(fetches, {signature.inputs[INPUT_NAME].name: value})
+    # The TF1 loader is deprecated for users, which is not what this check is; keep its
+    # deprecation notice (two lines, printed twice) out of the export's output.
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+            meta_graph = tf.compat.v1.saved_model.load(sess, [tf.saved_model.SERVING], path)
+            for name, value in feeds.items():
+                signature = meta_graph.signature_def[name]
+                fetches = {k: t.name for k, t in signature.outputs.items()}
+                results[name] = sess.run(fetches,
+                                         {signature.inputs[INPUT_NAME].name: value})
+    finally:
+        logger.setLevel(level)
     return results
 
 
@@ -363,7 +362,7 @@ def _verify(path, model, height, width, channels):
             got[how, name] = out
     except (tf.errors.OpError, ValueError, KeyError) as e:
         raise ExportError(f"round-trip check failed: loading with {how}: "
-                          f"{_first_line(e)}") from None
+                          f"{fileio.first_line(e)}") from None
     scale = max(1.0, float(np.abs(expected).max()))
     for (how, name), out in got.items():
         logits = out["logits"]
@@ -381,11 +380,35 @@ def _verify(path, model, height, width, channels):
 
 def _write_version(module, model, tmp, metadata_json, verify):
     tf.saved_model.save(module, tmp, signatures=module.signatures())
-    os.makedirs(os.path.join(tmp, os.path.dirname(METADATA_FILE)), exist_ok=True)
-    with open(os.path.join(tmp, METADATA_FILE), "w", encoding="utf-8") as f:
-        f.write(metadata_json)
+    tf.io.gfile.makedirs(os.path.join(tmp, os.path.dirname(METADATA_FILE)))
+    fileio.write_atomic(os.path.join(tmp, METADATA_FILE), metadata_json)
     if verify:
         _verify(tmp, model, *image_shape(model))
+
+
+def _rename_dir(source, target):
+    """Moves a directory. On a local disk a rename: atomic, and it fails (EEXIST or
+    ENOTEMPTY) when `target` exists. On object storage, where a "directory" is a name
+    prefix and renames are copies, the files are copied with `saved_model.pb` last (TF
+    Serving loads a version only once that file exists), then `source` is deleted."""
+    if fileio.is_local(source):
+        os.rename(source, target)
+        return
+    if tf.io.gfile.exists(target):
+        raise OSError(errno.EEXIST, "exists", target)
+    # Only names that exist: TensorFlow's ram:// lists a phantom "assets/.extra" beside
+    # the real "assets.extra/" (it matches names by prefix).
+    files = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(source)
+             for name in names if tf.io.gfile.exists(os.path.join(root, name))]
+    files.sort(key=lambda path: os.path.basename(path) == SAVED_MODEL_FILE)
+    for path in files:
+        destination = os.path.join(target, os.path.relpath(path, source))
+        tf.io.gfile.makedirs(os.path.dirname(destination))
+        # Read and write, not tf.io.gfile.copy: not every filesystem plugin implements
+        # a server-side copy (TensorFlow's ram:// does not).
+        with tf.io.gfile.GFile(path, "rb") as src, tf.io.gfile.GFile(destination, "wb") as dst:
+            dst.write(src.read())
+    fileio.remove_tree(source)
 
 
 def _move_into_place(tmp, export_base, version, explicit, overwrite):
@@ -404,19 +427,19 @@ def _move_into_place(tmp, export_base, version, explicit, overwrite):
             # POSIX cannot rename onto a non-empty directory: move the old version aside
             # first (TF Serving sees it gone for an instant, never half-written).
             old = _make_hidden_dir(export_base, f"old-{existing}")
-            os.rename(os.path.join(export_base, existing), os.path.join(old, existing))
+            _rename_dir(os.path.join(export_base, existing), os.path.join(old, existing))
         try:
-            os.rename(tmp, final)
+            _rename_dir(tmp, final)
         except OSError as e:
             if old is not None:
-                os.rename(os.path.join(old, existing), os.path.join(export_base, existing))
-                shutil.rmtree(old, ignore_errors=True)
+                _rename_dir(os.path.join(old, existing), os.path.join(export_base, existing))
+                _rmtree(old)
             if e.errno in (errno.EEXIST, errno.ENOTEMPTY) and not explicit:
                 version = next_version(export_base)
                 continue
             raise ExportError(f"cannot move the export into {final}: {e}") from None
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            _rmtree(old)
         return final
     raise ExportError(f"no free version in {export_base} after 100 tries.")
 
@@ -432,9 +455,9 @@ def _check_target(export_base, version, overwrite):
     version = parse_version(version)
     if not export_base:
         raise ExportError("--export_dir is required (e.g. --export_dir=export/NAME).")
-    if os.path.exists(export_base) and not os.path.isdir(export_base):
+    if tf.io.gfile.exists(export_base) and not tf.io.gfile.isdir(export_base):
         raise ExportError(f"--export_dir={export_base!r} exists and is not a directory.")
-    if os.path.isfile(os.path.join(export_base, SAVED_MODEL_FILE)):
+    if tf.io.gfile.exists(os.path.join(export_base, SAVED_MODEL_FILE)):
         raise ExportError(f"--export_dir={export_base!r} is itself a SavedModel; give its "
                           "parent, the directory TF Serving watches (export/NAME).")
     if version is not None and version in list_versions(export_base) and not overwrite:
@@ -450,7 +473,8 @@ def _remove_dead_hidden_dirs(export_base):
     moved back when the kill came before that, so an interrupted overwrite never loses
     the version that was served. A live export's folders are left alone.
     """
-    for name in os.listdir(export_base):
+    for name in tf.io.gfile.listdir(export_base):
+        name = name.rstrip("/")
         parts = name.split("-")
         if not name.startswith((".tmp-export-", ".old-")) or len(parts) < 4:
             continue
@@ -468,16 +492,26 @@ def _remove_dead_hidden_dirs(export_base):
             version = parts[1]
             target = os.path.join(export_base, version)
             saved = os.path.join(path, version)
-            if not os.path.exists(target) and os.path.isdir(saved):
-                os.rename(saved, target)
-        shutil.rmtree(path, ignore_errors=True)
+            if not tf.io.gfile.exists(target) and tf.io.gfile.isdir(saved):
+                _rename_dir(saved, target)
+        _rmtree(path)
+
+
+def _rmtree(path):
+    try:
+        fileio.remove_tree(path)
+    except (OSError, tf.errors.OpError):
+        pass   # another process's to clean
 
 
 def _make_hidden_dir(parent, kind):
     # Hidden and non-numeric, so TF Serving never loads it; os.mkdir (unlike mkdtemp's
     # 0700) honours the umask, so a server running as another user can read the version.
     path = os.path.join(parent, f".{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    os.mkdir(path)
+    if fileio.is_local(path):
+        os.mkdir(path)
+    else:
+        tf.io.gfile.makedirs(path)
     return path
 
 
@@ -508,31 +542,28 @@ def export_saved_model(model, export_base, *, metadata=None, version=None, overw
     metadata_json = json.dumps(meta, indent=2, sort_keys=True)
     module = ServingModule(model, metadata_json)
     try:
-        os.makedirs(export_base, exist_ok=True)
+        tf.io.gfile.makedirs(export_base)
         _remove_dead_hidden_dirs(export_base)
         tmp = _make_hidden_dir(export_base, "tmp-export")
-    except OSError as e:
+    except (OSError, tf.errors.OpError) as e:
         raise ExportError(f"cannot write to --export_dir={export_base!r}: "
-                          f"{e.strerror or e}; choose a writable --export_dir.") from None
+                          f"{getattr(e, 'strerror', None) or fileio.first_line(e)}; "
+                          "choose a writable --export_dir.") from None
     try:
         _write_version(module, model, tmp, metadata_json, verify)
         return _move_into_place(tmp, export_base, version if explicit else next_version(
             export_base), explicit, overwrite)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _rmtree(tmp)
 
 
 def _evaluation(model_dir, checkpoint, eval_json):
     path = eval_json or os.path.join(model_dir, f"eval_{checkpoint}.json")
-    if not os.path.isfile(path):
+    if not tf.io.gfile.exists(path):
         if eval_json:
             raise ExportError(f"--eval_json={eval_json!r}: no such file.")
         return None, None
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f), path
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"cannot read the evaluation JSON {path}: {e}") from None
+    return fileio.read_json(path, ExportError, "evaluation JSON"), path
 
 
 def export_run(model_dir, export_base, *, checkpoint="best", version=None, overwrite=False,
@@ -558,7 +589,7 @@ def export_run(model_dir, export_base, *, checkpoint="best", version=None, overw
     if not model_dir:
         raise ExportError("--model_dir is required (a training run directory).")
     version = _check_target(export_base, version, overwrite)
-    if not os.path.isdir(model_dir):
+    if not tf.io.gfile.isdir(model_dir):
         raise ExportError(f"--model_dir={model_dir!r}: no such directory.")
     try:
         model, config = checkpoints.load_model(model_dir, checkpoint)
@@ -566,7 +597,7 @@ def export_run(model_dir, export_base, *, checkpoint="best", version=None, overw
         raise
     except (KeyError, TypeError, ValueError) as e:
         # models.build's own errors (unknown arch, bad options) or a config.json key missing.
-        what = f"lacks the key {e}" if isinstance(e, KeyError) else f"is invalid: {_first_line(e)}"
+        what = f"lacks the key {e}" if isinstance(e, KeyError) else f"is invalid: {fileio.first_line(e)}"
         raise ExportError(f"{checkpoints.config_path(model_dir)} {what}") from None
     evaluation, evaluation_path = _evaluation(model_dir, checkpoint, eval_json)
     metadata = build_metadata(

@@ -99,6 +99,30 @@ def read_json(path, error_type=ValueError, what="file"):
         raise error_type(f"cannot read the {what} {path}: {first_line(e)}") from None
 
 
+def remove_tree(path):
+    """Deletes a directory tree on any filesystem; a missing path is not an error.
+
+    `tf.io.gfile.rmtree` stops at the first listed name that does not exist, and
+    TensorFlow's ram:// lists such phantom names (it matches names by prefix), so the
+    tree is deleted file by file, deepest first, skipping what is already gone.
+    """
+    if not tf.io.gfile.exists(path):
+        return
+    if not tf.io.gfile.isdir(path):
+        tf.io.gfile.remove(path)
+        return
+    for root, _, names in reversed(list(tf.io.gfile.walk(path))):
+        for name in names:
+            try:
+                tf.io.gfile.remove(os.path.join(root, name))
+            except tf.errors.NotFoundError:
+                pass
+        try:
+            tf.io.gfile.rmtree(root)
+        except tf.errors.NotFoundError:
+            pass
+
+
 def remove_temporaries(directory):
     """Deletes `*.tmp-*` leftovers of killed writers directly inside `directory`.
 
@@ -112,9 +136,6 @@ def remove_temporaries(directory):
         name = name.rstrip("/")
         if TMP_MARKER in name:
             path = os.path.join(directory, name)
-            if tf.io.gfile.isdir(path):
-                tf.io.gfile.rmtree(path)
-            else:
-                tf.io.gfile.remove(path)
+            remove_tree(path)
             removed.append(path)
     return removed

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 from cleverhans.tf2.attacks.projected_gradient_descent import projected_gradient_descent
 
+import clitools
 from dac_tf import checkpoints
 from dac_tf import fileio
 from dac_tf import export
@@ -377,12 +378,12 @@ def test_bad_runs_are_one_line_cli_errors(run, tmp_path):
         "not a run": (not_a_run, "is not a dac_tf training run"),
         "negative version": (run["model_dir"], "--version='-1' must be a non-negative"),
     }
-    procs = {}
-    for name, (model_dir, _) in cases.items():
+    for name, (model_dir, message) in cases.items():
         extra = ["--version=-1"] if name == "negative version" else []
-        procs[name] = _run_cli(f"--model_dir={model_dir}", f"--export_dir={base}", *extra)
-    for name, (_, message) in cases.items():
-        code, out, err = _finish(procs[name])
+        # In this process (the entry point itself runs in the `exported` fixture).
+        result = clitools.run_main(export, [f"--model_dir={model_dir}",
+                                            f"--export_dir={base}", *extra])
+        code, out, err = result.code, result.stdout, result.stderr
         assert code == 2, (name, err[-2000:])
         assert "Traceback" not in err, name
         errors = [line for line in err.splitlines() if line.startswith("error:")]

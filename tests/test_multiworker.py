@@ -8,13 +8,19 @@ compute the same function and must end with the same weights.
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
+import pytest
 
 from dac_tf import checkpoints
+
+# Every test here starts two or three TensorFlow processes.
+pytestmark = pytest.mark.slow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARGS = ["--dataset=digits", "--arch=small_cnn", "--method=at", "--norandom_start",
@@ -61,9 +67,13 @@ def test_two_workers_equal_one_process_with_two_replicas(tmp_path):
 
     multi_model, _ = checkpoints.load_model(str(tmp_path / "multi"), "last")
     single_model, _ = checkpoints.load_model(str(tmp_path / "single"), "last")
-    initial = checkpoints.build_model(checkpoints.load_run_config(str(tmp_path / "single")))
+    # Training really moved the weights: epoch 2's checkpoint differs from epoch 1's.
+    config = checkpoints.load_run_config(str(tmp_path / "single"))
+    after_epoch_1 = checkpoints.restore_weights(
+        checkpoints.build_model(config),
+        str(tmp_path / "single" / checkpoints.LAST_DIR / "ckpt-1"))
     moved = max(np.abs(a - b).max() for a, b in zip(
-        single_model.get_weights(), initial.get_weights()))
+        single_model.get_weights(), after_epoch_1.get_weights()))
     assert moved > 1e-3
     for a, b in zip(multi_model.trainable_weights, single_model.trainable_weights):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
@@ -79,9 +89,77 @@ def test_two_workers_equal_one_process_with_two_replicas(tmp_path):
                                    [float(r[key]) for r in single_rows], rtol=1e-4)
 
 
-def test_multi_worker_without_tf_config_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dac_tf.train", *ARGS,
-                             "--strategy=multi_worker", f"--model_dir={tmp_path}/run"],
-                            cwd=REPO, env=env(), capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "TF_CONFIG" in result.stderr and "Traceback" not in result.stderr
+def _start_workers(tmp_path, ports, extra_by_index=None, args=ARGS, indices=(0, 1)):
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    workers = {}
+    for index in indices:
+        tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker",
+                                                              "index": index}})
+        extra = (extra_by_index or {}).get(index, [])
+        workers[index] = subprocess.Popen(
+            [sys.executable, "-m", "dac_tf.train", *args, "--strategy=multi_worker",
+             f"--model_dir={tmp_path / 'multi'}", *extra], cwd=REPO,
+            env=env(TF_CONFIG=tf_config), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+    return workers
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def test_a_peer_that_never_starts_is_waited_for_then_refused(tmp_path):
+    port, missing = free_ports(2)
+    began = time.time()
+    worker = _start_workers(tmp_path, [port, missing], indices=(0,),
+                            extra_by_index={0: ["--cluster_timeout=12"]})[0]
+    out, err = worker.communicate(timeout=120)
+    # Ended by SIGUSR1 from the watchdog: exit status 128 + 10 = 138 in a shell or pod.
+    assert worker.returncode == -signal.SIGUSR1, err[-2000:]
+    assert time.time() - began < 90
+    assert f"waiting for the other tasks to start (worker 1 at localhost:{missing})" in err
+    (line,) = _error_lines(err)
+    assert f"worker 0 waited 12 s for worker 1 at localhost:{missing}" in line
+    assert "Traceback" not in err
+    assert not (tmp_path / "multi").exists() or not [
+        p for p in os.listdir(tmp_path / "multi") if p.startswith(".worker")]
+
+
+def test_a_flag_that_differs_between_workers_is_refused_by_both(tmp_path):
+    workers = _start_workers(tmp_path, free_ports(2), {1: ["--lr=0.01"]})
+    for index, worker in workers.items():
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 2, err[-2000:]
+        (line,) = _error_lines(err)
+        assert "--lr differs between the tasks" in line, line
+    assert not os.path.exists(tmp_path / "multi" / checkpoints.LAST_DIR / "checkpoint")
+
+
+def test_a_killed_worker_stops_the_other_with_a_retry_code_and_both_resume(tmp_path):
+    ports = free_ports(2)
+    long_run = [a for a in ARGS if not a.startswith("--epochs")] + [
+        "--epochs=50", "--cluster_timeout=60"]
+    workers = _start_workers(tmp_path, ports, args=long_run)
+    first = tmp_path / "multi" / checkpoints.LAST_DIR / "ckpt-1.index"
+    deadline = time.time() + 240
+    while not first.exists() and time.time() < deadline:
+        assert all(w.poll() is None for w in workers.values()), workers[0].stderr.read()
+        time.sleep(0.1)
+    workers[1].send_signal(signal.SIGKILL)
+    out, err = workers[0].communicate(timeout=180)
+    workers[1].wait()
+    assert workers[0].returncode == 138, err[-3000:]
+    (line,) = _error_lines(err)
+    assert f"lost contact with worker 1 (localhost:{ports[1]})" in line, line
+    assert "restart every task with the same command" in line
+    # Restarting every task continues the run (here for one more epoch).
+    again = _start_workers(tmp_path, free_ports(2), args=long_run,
+                           extra_by_index={0: ["--resume", "--epochs=2"],
+                                           1: ["--resume", "--epochs=2"]})
+    for worker in again.values():
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-3000:]
+    assert "Resuming" in out
+    rows = list(csv.DictReader(open(tmp_path / "multi" / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert not [p for p in os.listdir(tmp_path / "multi") if p.startswith(".worker")]
