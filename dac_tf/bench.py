@@ -55,14 +55,15 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 import keras
 import numpy as np
 import tensorflow as tf
 
 from dac_tf import attacks
+from dac_tf import cli
 from dac_tf import data
+from dac_tf import errors
 from dac_tf import fileio
 from dac_tf import models
 from dac_tf import objectives
@@ -92,7 +93,7 @@ REQUIRED_KEYS = ("arch", "method", "use_dac", "reference_bn_updates", "batch_siz
                  "tf_version")
 
 
-class BenchError(ValueError):
+class BenchError(errors.UserError):
     """A benchmark setting that cannot run (the message says why)."""
 
 
@@ -723,39 +724,40 @@ def run_benchmark(config, log=print):
 
 
 # ------------------------------------------------------------------------- CLI
-def define_flags():
-    """Defines the benchmark's absl flags (read only in `main`)."""
+def define_flags(flag_values=flags.FLAGS):
+    """Defines the benchmark's absl flags on `flag_values` (read only in `main`)."""
+    f = dict(flag_values=flag_values)
     flags.DEFINE_list("arch", ["preact_resnet18", "wide_resnet34_10"],
-                      f"Architectures: {', '.join(ARCHITECTURES)}.")
-    flags.DEFINE_list("method", list(objectives.METHODS), "Methods: at, trades, mart.")
-    flags.DEFINE_enum("use_dac", "both", USE_DAC, "Time with DAC, without, or both.")
+                      f"Architectures: {', '.join(ARCHITECTURES)}.", **f)
+    flags.DEFINE_list("method", list(objectives.METHODS), "Methods: at, trades, mart.", **f)
+    flags.DEFINE_enum("use_dac", "both", USE_DAC, "Time with DAC, without, or both.", **f)
     flags.DEFINE_enum("reference_bn_updates", "off", REFERENCE_BN_UPDATES,
                       "Time DACModel(reference_bn_updates=True) (the reference's extra "
-                      "BatchNorm-only forwards), False, or both (adds a cost ratio).")
-    flags.DEFINE_list("batch_size", ["128", "512"], "Batch sizes.")
-    flags.DEFINE_integer("steps", 10, "Steps per timed run.")
-    flags.DEFINE_integer("runs", 5, "Timed runs per row; the median is reported.")
-    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).")
-    flags.DEFINE_list("modes", list(MODES), f"Modes: {', '.join(MODES)}.")
-    flags.DEFINE_boolean("include_eval", False, "Add PGD evaluation rows.")
-    flags.DEFINE_boolean("include_train", True, "Time the training steps.")
-    flags.DEFINE_integer("eval_pgd_steps", 20, "PGD steps of the evaluation rows.")
-    flags.DEFINE_integer("num_steps", 10, "Attack steps of the training attack.")
-    flags.DEFINE_list("pipeline", ["synthetic"], f"Input pipelines: {', '.join(PIPELINES)}.")
+                      "BatchNorm-only forwards), False, or both (adds a cost ratio).", **f)
+    flags.DEFINE_list("batch_size", ["128", "512"], "Batch sizes.", **f)
+    flags.DEFINE_integer("steps", 10, "Steps per timed run.", **f)
+    flags.DEFINE_integer("runs", 5, "Timed runs per row; the median is reported.", **f)
+    flags.DEFINE_integer("warmup", 3, "Untimed steps first (tracing, compilation).", **f)
+    flags.DEFINE_list("modes", list(MODES), f"Modes: {', '.join(MODES)}.", **f)
+    flags.DEFINE_boolean("include_eval", False, "Add PGD evaluation rows.", **f)
+    flags.DEFINE_boolean("include_train", True, "Time the training steps.", **f)
+    flags.DEFINE_integer("eval_pgd_steps", 20, "PGD steps of the evaluation rows.", **f)
+    flags.DEFINE_integer("num_steps", 10, "Attack steps of the training attack.", **f)
+    flags.DEFINE_list("pipeline", ["synthetic"], f"Input pipelines: {', '.join(PIPELINES)}.", **f)
     flags.DEFINE_integer("pipeline_examples", 50_000,
-                         "Images held in memory by the tfds_like pipeline.")
+                         "Images held in memory by the tfds_like pipeline.", **f)
     flags.DEFINE_float("peak_tflops", DEFAULT_PEAK_TFLOPS,
-                       "Assumed sustained matmul rate for the FLOP floor (TFLOP/s).")
+                       "Assumed sustained matmul rate for the FLOP floor (TFLOP/s).", **f)
     flags.DEFINE_integer("steps_per_execution", 1,
-                         "Keras steps_per_execution (1: what fit does by default).")
+                         "Keras steps_per_execution (1: what fit does by default).", **f)
     flags.DEFINE_string("profile_dir", "",
-                        "If set, profile --profile_steps extra steps of each row here.")
-    flags.DEFINE_integer("profile_steps", 3, "Steps profiled per row.")
+                        "If set, profile --profile_steps extra steps of each row here.", **f)
+    flags.DEFINE_integer("profile_steps", 3, "Steps profiled per row.", **f)
     flags.DEFINE_float("time_budget_s", 0.0,
-                       "Start no new row after this many seconds (0: no limit).")
+                       "Start no new row after this many seconds (0: no limit).", **f)
     flags.DEFINE_string("output", os.path.join(tempfile.gettempdir(), "dac_tf_bench.json"),
-                        "JSON file of the rows.")
-    flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the models.")
+                        "JSON file of the rows.", **f)
+    flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and the models.", **f)
 
 
 def config_from_flags(values):
@@ -777,22 +779,20 @@ def config_from_flags(values):
         output=values.output, seed=values.seed)
 
 
-def main(argv):
+@cli.guard("the rows measured so far are in --output; run again for the rest.")
+def main(argv, flag_values=None):
+    """`python -m dac_tf.bench`: times the rows, writes the JSON, prints the table."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    try:
-        config = config_from_flags(flags.FLAGS)
-        config.validate()
-    except BenchError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        raise BenchError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
+                         "--name=value).")
+    config = config_from_flags(flag_values)
+    config.validate()
     if config.output:
-        os.makedirs(os.path.dirname(os.path.abspath(config.output)), exist_ok=True)
+        tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(config.output)))
     rows = run_benchmark(config)
     if rows and all(r["img_per_s"] is None for r in rows):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    cli.run(main, define_flags)

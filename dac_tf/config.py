@@ -38,6 +38,11 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 NORMALIZATIONS = ("auto", "none", "cifar10")
 GROUPS = ("data", "model", "method", "optimization", "selection", "run")
 
+# The default method's reference values: the dataclass defaults are AT's (the default
+# --method); `resolve` takes every method's from `objectives.DEFAULTS`, the one table.
+_AT = objectives.DEFAULTS["at"]
+_AT_SELECTION = protocol.SELECTION_PROTOCOLS["at"]
+
 # What --resume may do with a key whose value differs from the run's config.json.
 IGNORED = "ignored"          # never part of the run's identity (where/how it runs)
 MAY_CHANGE = "may_change"    # may change with --resume (length of the run, speed)
@@ -83,9 +88,11 @@ class TrainConfig:
                           "training set for model selection. 0 selects on the test set, as "
                           "the reference did; the robust-overfitting code base holds out "
                           "1000.", group="data")
-    augment: str = _flag("enum", "reflect", "Augmentation; default per method: reflect "
-                         "(AT), zero (TRADES, MART); none for digits.", group="data",
-                         choices=data.AUGMENTATIONS)
+    augment: str = _flag(
+        "enum", _AT.augmentation_padding,
+        "Augmentation; default per method: reflect (AT), zero (TRADES, MART); "
+        "none for digits.",
+        group="data", choices=data.AUGMENTATIONS)
     pad: int = _flag("integer", 4, "Padding (pixels) before the random crop.", group="data")
     # --- model
     arch: str = _flag("enum", "preact_resnet18", "Architecture.", group="model",
@@ -103,16 +110,16 @@ class TrainConfig:
                         choices=objectives.METHODS)
     use_dac: bool = _flag("boolean", True, "Add the DAC step (False: the plain baseline).",
                           group="method")
-    ac_step: float = _flag("float", 0.3, "AC loss weight (reference: 0.3 AT/MART, 0.1 "
+    ac_step: float = _flag("float", _AT.ac_step, "AC loss weight (reference: 0.3 AT/MART, 0.1 "
                            "TRADES).", group="method")
     ac_measure: str = _flag("enum", "std", "std: reference code (unbiased std); var: the "
                             "paper's Definition 1.", group="method", choices=certainty.MEASURES)
-    epsilon: float = _flag("float", 8 / 255, "Training attack radius, pixel units /255 "
+    epsilon: float = _flag("float", _AT.epsilon, "Training attack radius, pixel units /255 "
                            "(AT: 8; TRADES/MART: 7.905 = 0.031).", group="method", pixels=True)
-    step_size: float = _flag("float", 2 / 255, "Training attack step, pixel units /255 "
+    step_size: float = _flag("float", _AT.step_size, "Training attack step, pixel units /255 "
                              "(AT: 2; TRADES: 1.989 = 0.0078; MART: 1.785 = 0.007).",
                              group="method", pixels=True)
-    num_steps: int = _flag("integer", 10, "Training attack steps (reference: 10).",
+    num_steps: int = _flag("integer", _AT.num_steps, "Training attack steps (reference: 10).",
                            group="method")
     norm: str = _flag("enum", "linf", "Threat model.", group="method", choices=attacks.NORMS)
     beta: float | None = _flag("float", None, "TRADES/MART regulariser weight (6 / 5); not "
@@ -124,37 +131,47 @@ class TrainConfig:
         "only move BatchNorm statistics (AT: the attack's final forward and the clean "
         "forward after the update; TRADES: the discarded trades_loss passes of the AC "
         "step). Set in every paper config.", group="method")
-    attack_start: str = _derived("uniform")
-    attack_training: bool = _derived(True)
+    attack_start: str = _derived(_AT.attack_start)
+    attack_training: bool = _derived(_AT.attack_training)
     # --- optimisation
-    epochs: int = _flag("integer", 200, "Epochs (reference: AT 200, TRADES 76, MART 120).",
-                        group="optimization", resume=MAY_CHANGE)
-    batch_size: int = _flag("integer", 128, "Global batch size, split over replicas "
+    epochs: int = _flag(
+        "integer", _AT.epochs,
+        "Epochs (reference: AT 200, TRADES 76, MART 120).",
+        group="optimization", resume=MAY_CHANGE)
+    batch_size: int = _flag("integer", _AT.batch_size, "Global batch size, split over replicas "
                             "(reference: 128; MART 512).", group="optimization")
-    lr: float = _flag("float", 0.1, "Learning rate (reference: 0.1; MART 0.01).",
+    lr: float = _flag("float", _AT.learning_rate, "Learning rate (reference: 0.1; MART 0.01).",
                       group="optimization")
-    lr_schedule: str = _flag("enum", "piecewise_at", "Default per method: piecewise_at "
+    lr_schedule: str = _flag("enum", _AT.lr_schedule, "Default per method: piecewise_at "
                              "(AT), piecewise_trades (TRADES, MART).", group="optimization",
                              choices=schedules.SCHEDULES)
-    weight_decay: float = _flag("float", 5e-4, "Coupled L2 (reference: 5e-4 AT, 2e-4 "
-                                "TRADES, 3.5e-3 MART).", group="optimization")
-    momentum: float = _flag("float", 0.9, "SGD momentum (PyTorch convention).",
+    weight_decay: float = _flag(
+        "float", _AT.weight_decay,
+        "Coupled L2 (reference: 5e-4 AT, 2e-4 TRADES, 3.5e-3 MART).",
+        group="optimization")
+    momentum: float = _flag("float", _AT.momentum, "SGD momentum (PyTorch convention).",
                             group="optimization")
     # --- model selection (the per-epoch attacked evaluation that picks `best`)
     select_protocol: str = _flag(
         "enum", "at", "Selection attack preset: " + "; ".join(
             f"{k}: {p.description}" for k, p in protocol.SELECTION_PROTOCOLS.items()) + ".",
         group="selection", choices=tuple(protocol.SELECTION_PROTOCOLS))
-    select_epsilon: float = _flag("float", 8 / 255, "Selection attack radius, pixel units "
-                                  "/255 (default: the preset's).", group="selection",
-                                  pixels=True)
-    select_step_size: float = _flag("float", 2 / 255, "Selection attack step, pixel units "
-                                    "/255 (default: the preset's).", group="selection",
-                                    pixels=True)
-    select_steps: int = _flag("integer", 10, "Selection attack steps (default: the "
-                              "preset's).", group="selection")
-    select_start: str = _flag("enum", "uniform", "Selection attack start (default: the "
-                              "preset's).", group="selection", choices=attacks.STARTS)
+    select_epsilon: float = _flag(
+        "float", protocol.BENCHMARK_LINF_EPSILON,
+        "Selection attack radius, pixel units /255 (default: the preset's).",
+        group="selection", pixels=True)
+    select_step_size: float = _flag(
+        "float", _AT_SELECTION.step_fraction * protocol.BENCHMARK_LINF_EPSILON,
+        "Selection attack step, pixel units /255 (default: the preset's).",
+        group="selection", pixels=True)
+    select_steps: int = _flag(
+        "integer", _AT_SELECTION.num_steps,
+        "Selection attack steps (default: the preset's).",
+        group="selection")
+    select_start: str = _flag(
+        "enum", _AT_SELECTION.start,
+        "Selection attack start (default: the preset's).",
+        group="selection", choices=attacks.STARTS)
     eval_examples: int = _flag("integer", 0, "Examples of the per-epoch attacked "
                                "evaluation, the first N of the split (0: the whole split, "
                                "as the reference). The split is the validation split "
@@ -335,8 +352,8 @@ def resolve(values):
     augment = v.get("augment") or ("none" if dataset == "digits" else ref.augmentation_padding)
     normalization = v.get("normalization") or "auto"
     if normalization == "auto":
-        normalization = ("cifar10" if ref.normalize_inputs and dataset in ("cifar10", "cifar100")
-                         else "none")
+        normalization = ("cifar10" if ref.normalize_inputs
+                         and dataset in ("cifar10", "cifar100") else "none")
     use_dac = bool(pick("use_dac", True))
     random_start = bool(pick("random_start", True))
     epsilon = pixels("epsilon", ref.epsilon)

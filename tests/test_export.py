@@ -24,6 +24,7 @@ import clitools
 from dac_tf import checkpoints
 from dac_tf import fileio
 from dac_tf import export
+from dac_tf import serving
 from dac_tf import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -181,8 +182,8 @@ def test_fresh_tensorflow_process_serves_every_signature(exported, inputs, tmp_p
     out = np.load(tmp_path / "out.npz")
     assert not out["dac_tf_imported"]
     expected = _expected(exported["best"], floats)
-    for name in export.SIGNATURES:
-        _assert_outputs_match({k: out[f"{name}/{k}"] for k in export.OUTPUT_NAMES}, expected)
+    for name in serving.SIGNATURES:
+        _assert_outputs_match({k: out[f"{name}/{k}"] for k in serving.OUTPUT_NAMES}, expected)
     assert json.loads(str(out["metadata"]))["checkpoint"] == "best"
 
 
@@ -214,7 +215,7 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exported, inputs, tmp_pat
             assert part.split("dtype: ", 1)[1].startswith(out_dtype), (name, output)
     _, err = run.communicate(timeout=240)
     assert run.returncode == 0, err[-3000:]
-    got = {k: np.load(tmp_path / "out" / f"{k}.npy") for k in export.OUTPUT_NAMES}
+    got = {k: np.load(tmp_path / "out" / f"{k}.npy") for k in serving.OUTPUT_NAMES}
     _assert_outputs_match(got, _expected(exported["best"], inputs[1]))
 
 
@@ -262,7 +263,7 @@ def test_metadata_file_and_function_agree(exported):
         meta = json.load(f)
     loaded = tf.saved_model.load(exported["path"])
     assert json.loads(loaded.metadata().numpy().decode("utf-8")) == meta
-    assert export.read_metadata(exported["base"]) == meta          # base -> highest version
+    assert serving.read_metadata(exported["base"]) == meta          # base -> highest version
     with open(checkpoints.config_path(exported["model_dir"]), encoding="utf-8") as f:
         config = json.load(f)
     assert meta["training_config"] == config
@@ -276,7 +277,7 @@ def test_metadata_file_and_function_agree(exported):
         checkpoints.checkpoint_path(exported["model_dir"], "best"))
     assert meta["evaluation"] == exported["evaluation"]
     assert meta["dac_tf_version"] and meta["export_time"].endswith("Z")
-    assert sorted(meta["signatures"]) == sorted(export.SIGNATURES)
+    assert sorted(meta["signatures"]) == sorted(serving.SIGNATURES)
 
 
 def test_wrong_dtype_shape_and_image_size_are_tensorflow_errors(exported):
@@ -311,7 +312,7 @@ def test_versions_never_overwrite_silently_and_are_replaced_atomically(exported,
     # The CLI refuses an existing version before loading anything.
     refused = _run_cli(f"--model_dir={exported['model_dir']}", f"--export_dir={base}",
                        "--version=1", "--checkpoint=last")
-    v2 = export.export_run(exported["model_dir"], base, checkpoint="last")
+    v2 = serving.export_run(exported["model_dir"], base, checkpoint="last")
     assert v2 == os.path.join(base, "2")
     code, _, err = _finish(refused)
     assert code != 0 and "Traceback" not in err
@@ -319,46 +320,46 @@ def test_versions_never_overwrite_silently_and_are_replaced_atomically(exported,
     assert len(errors) == 1 and errors[0].startswith(
         f"error: version 1 already exists in {base}; pass --overwrite to replace it"), err
     assert _tree_snapshot(v1) == before
-    with pytest.raises(export.ExportError, match="already exists"):
-        export.export_saved_model(exported["last"], base, version=1)
+    with pytest.raises(serving.ExportError, match="already exists"):
+        serving.export_saved_model(exported["last"], base, version=1)
     assert _tree_snapshot(v1) == before
 
     # A failure after the SavedModel is written (here: the round-trip check) leaves
     # neither a new version nor a temporary directory behind.
     def failing_verify(*args):
-        raise export.ExportError("boom")
+        raise serving.ExportError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr(export, "_verify", failing_verify)
-        with pytest.raises(export.ExportError, match="boom"):
-            export.export_saved_model(exported["last"], base, version=1, overwrite=True)
+        m.setattr(serving, "_verify", failing_verify)
+        with pytest.raises(serving.ExportError, match="boom"):
+            serving.export_saved_model(exported["last"], base, version=1, overwrite=True)
     assert sorted(os.listdir(base)) == ["1", "2"]
     assert _tree_snapshot(v1) == before
 
-    path = export.export_saved_model(exported["last"], base, version=1, overwrite=True,
+    path = serving.export_saved_model(exported["last"], base, version=1, overwrite=True,
                                       metadata={"checkpoint": "last"})
     assert path == v1 and sorted(os.listdir(base)) == ["1", "2"]
     assert _tree_snapshot(v1) != before
-    assert export.read_metadata(v1)["checkpoint"] == "last"
+    assert serving.read_metadata(v1)["checkpoint"] == "last"
     expected = _expected(exported["last"], inputs[1])
     for version in (v1, v2):
         got = tf.saved_model.load(version).signatures["serving_default"](
             images=tf.constant(inputs[1]))
         _assert_outputs_match({k: v.numpy() for k, v in got.items()}, expected)
-    assert export.read_metadata(v2)["checkpoint"] == "last"
-    assert export.next_version(base) == 3
+    assert serving.read_metadata(v2)["checkpoint"] == "last"
+    assert serving.next_version(base) == 3
 
 
 @pytest.mark.parametrize("value,expected", [(None, None), ("", None), ("7", 7), (0, 0),
                                             ("003", 3)])
 def test_parse_version_accepts_non_negative_integers(value, expected):
-    assert export.parse_version(value) == expected
+    assert serving.parse_version(value) == expected
 
 
 @pytest.mark.parametrize("value", ["-1", -1, "1.5", 1.5, "v2", "two", True, "٣"])
 def test_parse_version_rejects_anything_else(value):
-    with pytest.raises(export.ExportError, match="non-negative integer"):
-        export.parse_version(value)
+    with pytest.raises(serving.ExportError, match="non-negative integer"):
+        serving.parse_version(value)
 
 
 # ------------------------------------------------------------------------ bad input
@@ -411,9 +412,9 @@ def test_library_errors_are_one_line_export_errors(run, tmp_path):
     ]
     for kwargs, message in cases:
         kwargs = dict(dict(model_dir=run["model_dir"], export_base=base), **kwargs)
-        with pytest.raises((export.ExportError, checkpoints.CheckpointError)) as info:
-            export.export_run(kwargs.pop("model_dir"), kwargs.pop("export_base"), **kwargs)
+        with pytest.raises((serving.ExportError, checkpoints.CheckpointError)) as info:
+            serving.export_run(kwargs.pop("model_dir"), kwargs.pop("export_base"), **kwargs)
         assert message in str(info.value) and "\n" not in str(info.value), str(info.value)
     assert not os.path.exists(base)
-    with pytest.raises(export.ExportError, match="one image input|keras.Model"):
-        export.export_saved_model(lambda x: x, base)
+    with pytest.raises(serving.ExportError, match="one image input|keras.Model"):
+        serving.export_saved_model(lambda x: x, base)

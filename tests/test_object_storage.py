@@ -17,6 +17,7 @@ import clitools
 from dac_tf import checkpoints
 from dac_tf import evaluate
 from dac_tf import export
+from dac_tf import serving
 from dac_tf import rundir
 from dac_tf import train
 
@@ -59,7 +60,7 @@ def test_train_resume_evaluate_export_on_an_object_store(tmp_path, monkeypatch):
     assert result.code == 0, result.stderr
     version = result.stdout.strip().splitlines()[-1]
     assert version == f"{exports}/1"
-    assert export.read_metadata(exports)["evaluation"]["num_examples"] == 32
+    assert serving.read_metadata(exports)["evaluation"]["num_examples"] == 32
     loaded = tf.saved_model.load(version)
     model, _ = checkpoints.load_model(run, "last")
     x = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)

@@ -21,6 +21,7 @@ from dac_tf import config as config_lib
 from dac_tf import data
 from dac_tf import evaluate
 from dac_tf import export
+from dac_tf import serving
 from dac_tf import models
 from dac_tf import protocol
 from dac_tf import rundir
@@ -108,7 +109,7 @@ def test_at_prn18_flagfile_trains_resumes_evaluates_exports_and_serves(tmp_path,
                                         f"--export_dir={tmp_path / 'export'}"])
     assert result.code == 0, result.stderr
     version_dir = result.stdout.strip().splitlines()[-1]
-    metadata = export.read_metadata(version_dir)
+    metadata = serving.read_metadata(version_dir)
     assert metadata["dataset"] == "cifar10" and metadata["evaluation"]["epsilon"] == 8 / 255
 
     # 4. Serve from a process that never imports dac_tf; call every signature.

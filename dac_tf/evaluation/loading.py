@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from dac_tf import checkpoints
 from dac_tf import data
-from dac_tf import export
+from dac_tf import serving
 from dac_tf import fileio
 from dac_tf.evaluation import EvaluationError
 
@@ -51,16 +51,16 @@ def resolve_model_path(path):
         raise EvaluationError(f"--model={path!r}: no such directory.")
     if tf.io.gfile.exists(checkpoints.config_path(path)):
         return "model_dir", path
-    if tf.io.gfile.exists(os.path.join(path, export.SAVED_MODEL_FILE)):
+    if tf.io.gfile.exists(os.path.join(path, serving.SAVED_MODEL_FILE)):
         return "saved_model", path
     # The export's own notion of a version (TF Serving's: "01" is version 1).
-    versions = {v: d for v, d in export.list_versions(path).items()
-                if tf.io.gfile.exists(os.path.join(path, d, export.SAVED_MODEL_FILE))}
+    versions = {v: d for v, d in serving.list_versions(path).items()
+                if tf.io.gfile.exists(os.path.join(path, d, serving.SAVED_MODEL_FILE))}
     if versions:
         return "saved_model", os.path.join(path, versions[max(versions)])
     raise EvaluationError(
         f"--model={path!r} is neither a training run ({checkpoints.CONFIG_FILE}) nor a "
-        f"SavedModel ({export.SAVED_MODEL_FILE}, or numbered versions holding one).")
+        f"SavedModel ({serving.SAVED_MODEL_FILE}, or numbered versions holding one).")
 
 
 class _SavedModelLogits:
@@ -140,7 +140,7 @@ def load_logits_fn(path, checkpoint="best"):
             raise EvaluationError(f"cannot load the SavedModel {resolved!r}: "
                                   f"{fileio.first_line(e)}") from None
         fn = _SavedModelLogits(loaded)
-        metadata_path = os.path.join(resolved, export.METADATA_FILE)
+        metadata_path = os.path.join(resolved, serving.METADATA_FILE)
         extra = (fileio.read_json(metadata_path, EvaluationError, "export metadata")
                  if tf.io.gfile.exists(metadata_path) else {})
         meta.update({k: extra.get(k) for k in _MODEL_KEYS})
@@ -199,7 +199,7 @@ def model_fingerprint(meta):
     """
     if meta["kind"] == "model_dir":
         return _fingerprint_files([meta["checkpoint_path"] + ".index"])
-    files = [os.path.join(meta["path"], export.SAVED_MODEL_FILE)]
+    files = [os.path.join(meta["path"], serving.SAVED_MODEL_FILE)]
     index = os.path.join(meta["path"], "variables", "variables.index")
     if tf.io.gfile.exists(index):
         files.append(index)
