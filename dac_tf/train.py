@@ -2,9 +2,10 @@ r"""Train a robust classifier with DAC: `python -m dac_tf.train --flagfile=confi
 
 Reproduces the reference protocol end to end: the method's attack, losses, SGD with
 PyTorch momentum and coupled weight decay, the per-batch learning-rate schedule, the
-augmentation, an attacked evaluation after every epoch (PGD with the training attack's
-settings, BatchNorm in inference mode) and `best` / `last` checkpoints. Flags and their
-reference defaults: `dac_tf/config.py`; the run directory's layout: `dac_tf/checkpoints.py`.
+augmentation, an attacked evaluation after every epoch (the selection attack,
+`dac_tf.protocol`; BatchNorm in inference mode) and `best` / `last` checkpoints. The loop
+is one Keras `fit` over `dac_tf.callbacks`. Flags and their reference defaults:
+`dac_tf/config.py`; the run directory: `dac_tf/rundir.py` and `dac_tf/checkpoints.py`.
 
 A run killed at any point continues from its last finished epoch when the same command
 is run again, with the same final weights as an uninterrupted run: the data order and
@@ -28,7 +29,6 @@ from dac_tf import cli
 from dac_tf import cluster
 from dac_tf import config as config_lib
 from dac_tf import data
-from dac_tf import errors
 from dac_tf import fileio
 from dac_tf import models
 from dac_tf import rundir
@@ -38,10 +38,6 @@ from dac_tf.optimizers import TorchSGD
 
 # Keys that --resume may change (anything else would make a different run).
 RESUME_MAY_CHANGE = config_lib.RESUME_MAY_CHANGE
-
-
-class TrainingError(errors.UserError):
-    """Training cannot go on (e.g. a non-finite loss); the message says where."""
 
 
 def make_strategy(name, cpu_replicas=1, cluster_timeout=600.0):
@@ -322,7 +318,8 @@ def train_and_evaluate(config):
       the paths written.
 
     Raises:
-      ConfigError, DatasetError, RunDirError, CheckpointError, TrainingError: one-line
+      ConfigError, DatasetError, RunDirError, CheckpointError, NonFiniteLossError
+        (`dac_tf.errors.UserError`s), ClusterError, PeerLostError: one-line
         errors a user can fix. A start that fails before its first epoch leaves no run
         directory behind (nor a lock); an existing run is never modified by a refusal.
     """
