@@ -17,8 +17,8 @@ callback (checkpointing, early stopping, CSV, TensorBoard) sees them.
 `robust_accuracy`/`clean_accuracy` are maximised and `adv_certainty` minimised by
 Keras' `mode="auto"` (`METRIC_DIRECTIONS`).
 
-The other callbacks are the training CLI's own pieces (run directory, checkpoints, the
-one-line epoch summary); they are public so that a custom loop can drive the same list
+The other callbacks are the training CLI's own pieces (the non-finite loss stop,
+checkpoints, progress); they are public so that a custom loop can drive the same list
 (the multi-worker path does: Keras' `fit` does not run under
 `MultiWorkerMirroredStrategy`).
 """
@@ -256,14 +256,3 @@ class TrainingProgress(keras.callbacks.Callback):
         logs = logs or {}
         keys = self.keys if self.keys is not None else sorted(logs)
         self._bar.update(batch + 1, [(k, float(logs[k])) for k in keys if k in logs])
-
-
-class LambdaEpochEnd(keras.callbacks.Callback):
-    """Calls `fn(epoch, logs)` at the end of every epoch (writing a file, printing)."""
-
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.fn(epoch, logs or {})

@@ -65,6 +65,7 @@ def _flag(kind, default, help_text, *, group, choices=None, pixels=False, resume
       pixels: the flag is in pixel units /255 and the field in [0, 1] units.
       resume: None (part of the run's identity), IGNORED or MAY_CHANGE.
     """
+    assert group in GROUPS, group
     return dataclasses.field(default=default, metadata=dict(
         kind=kind, help=help_text, group=group, choices=choices, pixels=pixels,
         resume=resume))
@@ -220,12 +221,6 @@ class TrainConfig:
         """Extra `models.build` arguments (WideResNet depth and width)."""
         return {k: getattr(self, k) for k in ("depth", "widen_factor")
                 if getattr(self, k) is not None}
-
-    @property
-    def selection(self):
-        """The selection attack: dict(epsilon, step_size, num_steps, start), [0, 1] units."""
-        return dict(epsilon=self.select_epsilon, step_size=self.select_step_size,
-                    num_steps=self.select_steps, start=self.select_start)
 
     def to_json_dict(self):
         record = dataclasses.asdict(self)

@@ -482,7 +482,6 @@ class _TfdsFootprint:
     def __init__(self, root, name):
         self._local = "://" not in root
         root = os.path.abspath(root) if self._local else root
-        self._root = root
         self._downloads = os.path.join(root, "downloads")
         self._owned = (os.path.join(root, name), os.path.join(self._downloads, name),
                        os.path.join(self._downloads, "extracted"))

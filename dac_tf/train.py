@@ -154,11 +154,6 @@ def _write_run_files(config, splits):
                         config_lib.flagfile_text(config))
 
 
-def read_metrics(model_dir):
-    """metrics.csv rows (`rundir.read_metrics`)."""
-    return rundir.read_metrics(model_dir)
-
-
 # -------------------------------------------------------------------- training
 def build_training(config, splits, strategy, steps_per_epoch):
     """Builds base model, DACModel, optimizer and checkpoint objects inside the strategy."""
@@ -298,15 +293,15 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
         rundir.write_metrics(config.model_dir, rows)
 
     if chief:
-        chain.append(callbacks.LambdaEpochEnd(write_row))
+        chain.append(keras.callbacks.LambdaCallback(on_epoch_end=write_row))
     chain += [callbacks.EpochCheckpoint(save_manager, epoch_var), best]
     if chief:
         chain.append(keras.callbacks.TensorBoard(
             os.path.join(config.model_dir, "tensorboard"), write_graph=False,
             profile_batch=0, update_freq="epoch"))
-    chain.append(callbacks.LambdaEpochEnd(
-        lambda epoch, logs: print(_summary_line(epoch + 1, logs, select_key, best),
-                                  flush=True)))
+    chain.append(keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: print(
+            _summary_line(epoch + 1, logs, select_key, best), flush=True)))
     return chain
 
 

@@ -8,7 +8,9 @@ stderr and the exit code. In-process runs skip the TensorFlow import of a subpro
 
 import contextlib
 import dataclasses
+import hashlib
 import io
+import os
 import sys
 
 from absl import flags
@@ -50,3 +52,15 @@ def run_main(module, args):
     finally:
         sys.argv = saved_argv
     return Result(code, out.getvalue(), err.getvalue())
+
+
+def tree_hashes(directory):
+    """sha256 of every file under `directory`, by relative path: equal before and after
+    a command means the command changed nothing there."""
+    out = {}
+    for root, _, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out

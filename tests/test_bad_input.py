@@ -1,8 +1,6 @@
 """Bad input: fuzzed flags, npz files and fit() inputs end in a clear error, never
 something else, and a failing command leaves an existing run untouched."""
 
-import hashlib
-import os
 
 import numpy as np
 import pytest
@@ -10,6 +8,7 @@ import keras
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import clitools
 import dac_tf
 from dac_tf import config as config_lib
 from dac_tf import data
@@ -112,25 +111,16 @@ def test_fit_rejects_bad_batches_clearly(images, labels, error, match):
         small_dac().fit(images, labels, batch_size=4, verbose=0)
 
 
-def digest(directory):
-    h = hashlib.sha256()
-    for root, _, files in sorted(os.walk(directory)):
-        for name in sorted(files):
-            with open(os.path.join(root, name), "rb") as f:
-                h.update(name.encode() + f.read())
-    return h.hexdigest()
-
-
 def test_failing_commands_leave_an_existing_run_untouched(tmp_path):
     model_dir = tmp_path / "run"
     assert run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32)).returncode == 0
-    before = digest(model_dir)
+    before = clitools.tree_hashes(model_dir)
     for extra in (["--lr=0.5"], ["--method=trades"], ["--epochs=0"], ["--num_steps=-2"],
                   ["--dataset=npz:/does/not/exist.npz"]):
         result = run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32) + extra,
                          timeout=120)
         assert result.returncode != 0 and "Traceback" not in result.stderr, extra
-    assert digest(model_dir) == before
+    assert clitools.tree_hashes(model_dir) == before
 
 
 EVAL_FLAG_VALUES = {

@@ -6,7 +6,6 @@ what a user would look at: the exit code, the one-line message, and that the fil
 real run are untouched (hashes before and after).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,17 +28,6 @@ TINY = ["--dataset=digits", "--arch=small_cnn", "--epochs=2", "--batch_size=128"
 
 def run_train(model_dir, *extra):
     return clitools.run_main(train, TINY + [f"--model_dir={model_dir}", *extra])
-
-
-def snapshot(directory):
-    """sha256 of every file under `directory`, by relative path."""
-    out = {}
-    for root, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(root, name)
-            with open(path, "rb") as f:
-                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -84,11 +72,11 @@ def _delete(path):
 ])
 def test_a_damaged_run_directory_is_refused_and_left_untouched(run_copy, damage, needle):
     damage(run_copy)
-    before = snapshot(run_copy)
+    before = clitools.tree_hashes(run_copy)
     result = run_train(run_copy, "--epochs=3", "--resume")
     assert_one_line_error(result, needle, str(run_copy))
     assert "Traceback" not in result.stderr
-    assert snapshot(run_copy) == before
+    assert clitools.tree_hashes(run_copy) == before
 
 
 def test_a_lost_best_checkpoint_is_refused(run_copy):
@@ -97,10 +85,10 @@ def test_a_lost_best_checkpoint_is_refused(run_copy):
     rundir.write_metrics(str(run_copy), rows)
     for name in os.listdir(run_copy / "best"):
         os.remove(run_copy / "best" / name)
-    before = snapshot(run_copy)
+    before = clitools.tree_hashes(run_copy)
     result = run_train(run_copy, "--epochs=3", "--resume")
     assert_one_line_error(result, "best/ lacks the checkpoint of epoch 1")
-    assert snapshot(run_copy) == before
+    assert clitools.tree_hashes(run_copy) == before
 
 
 def test_killed_between_last_and_best_saves_recovers_best_from_last(run_copy):
@@ -121,12 +109,12 @@ def test_killed_between_last_and_best_saves_recovers_best_from_last(run_copy):
 
 # ----------------------------------------------------------------- resumes
 def test_rerunning_a_finished_run_says_complete_and_writes_nothing(run_copy):
-    before = snapshot(run_copy)
+    before = clitools.tree_hashes(run_copy)
     for extra in ([], ["--resume", "--epochs=1"]):
         result = run_train(run_copy, *extra)
         assert result.code == 0, result.stderr
         assert "is complete: 2 of 2 epochs" in result.stdout
-        assert snapshot(run_copy) == before   # the recorded epochs stay 2
+        assert clitools.tree_hashes(run_copy) == before   # the recorded epochs stay 2
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 2
 
 

@@ -415,6 +415,19 @@ def test_preflight_gives_up_on_a_hanging_lookup(monkeypatch):
 # ----------------------------------------------------- cleanup after a failed download
 
 
+def _listing_before_cleanup(monkeypatch, root):
+    """What `root` held when the failed attempt's cleanup started (filled in then)."""
+    seen = {}
+    remove_new = data._TfdsFootprint.remove_new
+
+    def spy(self):
+        seen.update(_listing(str(root)))
+        remove_new(self)
+
+    monkeypatch.setattr(data._TfdsFootprint, "remove_new", spy)
+    return seen
+
+
 @pytest.mark.parametrize("dataset", ["cifar10", "svhn"])
 @pytest.mark.parametrize("state", ["with_other_files", "missing"])
 def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, one_try,
@@ -441,14 +454,7 @@ def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, one
         (root / TFDS_NAMES[dataset] / "0.0.1" / "keep").write_bytes(b"old version")
     before = _listing(str(root)) if root.exists() else None
 
-    seen_before_cleanup = {}
-    remove_new = data._TfdsFootprint.remove_new
-
-    def spy(self):
-        seen_before_cleanup.update(_listing(str(root)))
-        remove_new(self)
-
-    monkeypatch.setattr(data._TfdsFootprint, "remove_new", spy)
+    seen_before_cleanup = _listing_before_cleanup(monkeypatch, root)
     start = time.monotonic()
     with pytest.raises(data.DatasetError) as info:
         data.load(dataset, data_dir=str(root))
@@ -480,14 +486,7 @@ def test_interrupted_download_is_cleaned_up_and_reraised(tmp_path, monkeypatch):
                         interrupted_transfer)
     monkeypatch.setattr(data, "_connect_error", lambda host, port, timeout: None)
     (tmp_path / "notes.txt").write_bytes(b"keep me")
-    seen_before_cleanup = {}
-    remove_new = data._TfdsFootprint.remove_new
-
-    def spy(self):
-        seen_before_cleanup.update(_listing(str(tmp_path)))
-        remove_new(self)
-
-    monkeypatch.setattr(data._TfdsFootprint, "remove_new", spy)
+    seen_before_cleanup = _listing_before_cleanup(monkeypatch, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         data.load("cifar10", data_dir=str(tmp_path))
     assert any(path.endswith("/partial") for path in seen_before_cleanup)
