@@ -1,12 +1,16 @@
-"""Tests of the tfds download path: its dependencies, the offline error, the cleanup.
+"""Scenario: a tfds dataset requested on a machine without network.
 
 `tfds.testing.mock_data` never reaches tfds' download code, so (but for the one test
 that checks mock_data still works offline) the builders here run their real
 `download_and_prepare` with the network blocked: a module that tfds imports on that
-path but that our setup.py does not install shows up as an ImportError.
+path but that our setup.py does not install shows up as an ImportError. Only public
+APIs are patched: `socket`, `requests.Session.get` (how tfds opens a URL), urllib3's
+`Retry.sleep` and a builder's `url_infos`.
 """
 
 import _thread
+import dataclasses
+import hashlib
 import io
 import os
 import re
@@ -23,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.download import downloader as tfds_downloader
+import urllib3
 
 from dac_tf import data
 
@@ -62,44 +66,70 @@ def offline(monkeypatch):
     return _Offline(monkeypatch)
 
 
-@pytest.fixture
-def one_try(monkeypatch):
-    """Makes tfds' HTTP client give up after its first failed connection.
+class _Requests:
+    """tfds' HTTP requests as `requests.Session.get` sees them.
 
-    tfds builds a `urllib3.Retry(total=MAX_RETRIES, backoff_factor=0.2)` for every
-    download (downloader._open_with_requests); offline its ten retries sleep about
-    3.5 minutes in total. With 0, requests makes exactly one real connection attempt
-    and raises, so the test still goes through tfds' whole HTTP code.
+    Attributes:
+      expected: URLs the test waits for at teardown (each requested, all finished).
+      on_request: None, or a function of the URL run before the real request (it may
+        raise instead, as a failed transfer would).
+      finished: URLs whose request has ended, in order.
+    """
+
+    def __init__(self):
+        self.expected = set()
+        self.on_request = None
+        self.finished = []
+        self.active = 0
+        self.changed = threading.Condition()
+
+
+@pytest.fixture
+def tfds_http(monkeypatch):
+    """Makes tfds' HTTP client give up at once, and waits for its download threads.
+
+    tfds downloads with `requests` through a urllib3 `Retry` of 10 retries with
+    exponential backoff: offline, about 3.5 minutes of sleep. `Retry.sleep`, urllib3's
+    public hook between two attempts, made a no-op keeps the retries but not the
+    waits, so the test still goes through tfds' whole HTTP code, in milliseconds.
 
     tfds raises as soon as one URL fails while its thread pool still works on the
-    others (svhn has three), so the teardown waits for those to end: one of them
-    outliving the patch would retry for minutes and touch the next test's sockets.
+    others (svhn has three), so the teardown waits until every URL in `expected` has
+    been requested and no request is in flight: a thread outliving the patches would
+    retry for minutes and touch the next test's sockets.
     """
-    assert tfds_downloader.MAX_RETRIES > 0  # the knob this fixture turns still exists
-    monkeypatch.setattr(tfds_downloader, "MAX_RETRIES", 0)
-    idle = threading.Condition()
-    in_flight = [0]
-    real_download = tfds_downloader._Downloader.download
-    real_transfer = tfds_downloader._Downloader._sync_download
+    state = _Requests()
+    real_get = requests.Session.get
 
-    def counted_download(self, *args, **kwargs):
-        with idle:  # counted when queued, before a worker thread picks it up
-            in_flight[0] += 1
-        return real_download(self, *args, **kwargs)
-
-    def counted_transfer(self, *args, **kwargs):
+    def tracked_get(session, url, *args, **kwargs):
+        with state.changed:
+            state.active += 1
         try:
-            return real_transfer(self, *args, **kwargs)
+            if state.on_request is not None:
+                state.on_request(url)
+            return real_get(session, url, *args, **kwargs)
         finally:
-            with idle:
-                in_flight[0] -= 1
-                idle.notify_all()
+            with state.changed:
+                state.active -= 1
+                state.finished.append(url)
+                state.changed.notify_all()
 
-    monkeypatch.setattr(tfds_downloader._Downloader, "download", counted_download)
-    monkeypatch.setattr(tfds_downloader._Downloader, "_sync_download", counted_transfer)
-    yield
-    with idle:
-        assert idle.wait_for(lambda: in_flight[0] == 0, timeout=30), in_flight
+    monkeypatch.setattr(urllib3.util.retry.Retry, "sleep", lambda self, response=None: None)
+    monkeypatch.setattr(requests.Session, "get", tracked_get)
+    yield state
+    with state.changed:
+        assert state.changed.wait_for(
+            lambda: state.active == 0 and state.expected <= set(state.finished),
+            timeout=30), (state.active, state.expected, state.finished)
+
+
+def _network_looks_up(monkeypatch):
+    """The preflight's connection opens; nothing else changes."""
+    class _Open:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: _Open())
 
 
 def _chain(exc):
@@ -147,10 +177,11 @@ def _fill_unrelated(root):
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
-def test_real_tfds_download_reaches_the_network(tmp_path, offline, one_try, dataset):
+def test_real_tfds_download_reaches_the_network(tmp_path, offline, tfds_http, dataset):
     # tfds directly, without dac_tf's preflight: this proves that the installed
     # packages carry the real download_and_prepare up to its HTTP request.
     builder = tfds.builder(TFDS_NAMES[dataset], data_dir=str(tmp_path / "tfds"))
+    tfds_http.expected = set(builder.url_infos)
     start = time.monotonic()
     with pytest.raises(Exception) as info:
         builder.download_and_prepare()
@@ -221,26 +252,24 @@ def _fake_downloads(dataset, rng):
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "svhn"])
-def test_real_tfds_prepare_after_download(tmp_path, offline, monkeypatch, dataset):
-    # Everything after the HTTP transfer is real tfds code (checksum bookkeeping,
+def test_real_tfds_prepares_files_from_the_manual_folder(tmp_path, offline, monkeypatch,
+                                                         dataset):
+    # tfds' documented offline route: the downloads put into <data_dir>/downloads/
+    # manual. Everything from there on is real tfds code (checksum validation,
     # tar.gz extraction, the builder's parsing of the files, shard writing): a module
     # it needs and we do not install (scipy for svhn's .mat files) fails this test.
     files, x_test, y_test = _fake_downloads(dataset, np.random.default_rng(0))
-    builder = tfds.builder(TFDS_NAMES[dataset], data_dir=str(tmp_path))
-    url_infos = builder.url_infos
-
-    def fake_transfer(self, url, destination_path, verify=True):
-        del self, verify
-        name = url.rsplit("/", 1)[-1]
-        path = destination_path / name
-        path.write_bytes(files[name])
-        # The registered checksum, so tfds accepts the stand-in as the real file.
-        return tfds_downloader.DownloadResult(path=path, url_info=url_infos[url])
-
-    monkeypatch.setattr(tfds_downloader._Downloader, "_sync_download", fake_transfer)
-    # dac_tf's preflight would (rightly) find no network; this test is about what
-    # happens once the files are there.
-    monkeypatch.setattr(data, "_connect_error", lambda host, port, timeout: None)
+    builder_cls = tfds.builder_cls(TFDS_NAMES[dataset])
+    manual = tmp_path / "downloads" / "manual"
+    manual.mkdir(parents=True)
+    stand_ins = {}
+    for url, info in tfds.builder(TFDS_NAMES[dataset], data_dir=str(tmp_path)).url_infos.items():
+        content = files[info.filename]
+        (manual / info.filename).write_bytes(content)
+        # The stand-in's checksum registered for the URL, so tfds accepts it.
+        stand_ins[url] = dataclasses.replace(info, size=type(info.size)(len(content)),
+                                             checksum=hashlib.sha256(content).hexdigest())
+    monkeypatch.setattr(builder_cls, "url_infos", stand_ins)
     splits = data.load(dataset, data_dir=str(tmp_path))
     # tfds shuffles examples when it writes them; the images are random, so each
     # identifies its example.
@@ -250,18 +279,10 @@ def test_real_tfds_prepare_after_download(tmp_path, offline, monkeypatch, datase
     assert splits.x_test.dtype == np.uint8 and splits.y_test.dtype == np.int32
     if dataset == "cifar10":
         assert splits.class_names == CIFAR10_NAMES
-    assert offline.hosts == []  # really offline: nothing tried to connect
+    assert offline.hosts == []  # all files local: nothing tried to connect
     # Prepared now, so a second load needs no download at all.
     assert len(data.load(dataset, data_dir=str(tmp_path), download=False).x_test) == len(
         x_test)
-
-
-def test_fallback_urls_match_installed_tfds():
-    # The table is what the offline check falls back to; it must name the hosts tfds
-    # really downloads from.
-    for name in TFDS_NAMES.values():
-        assert sorted(data._TFDS_FALLBACK_URLS[name]) == sorted(
-            tfds.builder(name).url_infos), name
 
 
 # ------------------------------------------------------------ dac_tf's offline error
@@ -295,6 +316,7 @@ def test_load_offline_fails_fast_in_one_line_and_leaves_no_trace(
     with pytest.raises(data.DatasetError) as info:
         data.load(dataset, data_dir=str(root))
     assert time.monotonic() - start < 30
+    assert isinstance(info.value, ValueError)  # a UserError: the CLI prints one line
     _assert_offline_error(str(info.value), dataset, root / TFDS_NAMES[dataset])
     assert HOSTS[dataset] in offline.hosts  # the answer came from a real attempt
     if before is None:
@@ -331,8 +353,9 @@ def test_the_pre_download_command_in_the_message_runs(tmp_path, offline):
         def refuse(*args, **kwargs):
             raise OSError("network disabled in this test")
         socket.getaddrinfo = socket.create_connection = socket.socket.connect = refuse
-        from tensorflow_datasets.core.download import downloader
-        downloader.MAX_RETRIES = 0  # one attempt instead of minutes of retries
+        import urllib3
+        # tfds' retries without their minutes of backoff.
+        urllib3.util.retry.Retry.sleep = lambda self, response=None: None
         """))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=os.pathsep.join(
         p for p in (str(site), os.environ.get("PYTHONPATH")) if p))
@@ -348,7 +371,8 @@ def test_the_pre_download_command_in_the_message_runs(tmp_path, offline):
 def test_file_in_the_manual_folder_needs_no_network(tmp_path, offline):
     # An offline machine can also be set up by putting the archive into tfds' manual
     # folder; the network check must not refuse that. (The stand-in fails tfds'
-    # checksum, which shows tfds went on to use it.)
+    # checksum, which shows tfds went on to use it; what tfds created meanwhile, an
+    # extraction folder, is removed.)
     manual = tmp_path / "downloads" / "manual"
     manual.mkdir(parents=True)
     (manual / "cifar-10-binary.tar.gz").write_bytes(b"not the real archive")
@@ -368,25 +392,6 @@ def test_mock_data_needs_no_network(offline):
     assert offline.hosts == []
 
 
-@pytest.mark.parametrize("https_proxy,no_proxy,expect", [
-    ("http://proxy.example:3128", "", ("proxy.example", 3128, True)),
-    ("proxy.example:8080", "", ("proxy.example", 8080, True)),
-    ("http://proxy.example:3128", "cs.toronto.edu", ("www.cs.toronto.edu", 443, False)),
-    ("", "", ("www.cs.toronto.edu", 443, False)),
-])
-def test_preflight_checks_the_proxy_requests_would_use(monkeypatch, https_proxy, no_proxy,
-                                                       expect):
-    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
-                "all_proxy", "NO_PROXY", "no_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    if https_proxy:
-        monkeypatch.setenv("HTTPS_PROXY", https_proxy)
-    if no_proxy:
-        monkeypatch.setenv("NO_PROXY", no_proxy)
-    url = data._TFDS_FALLBACK_URLS["cifar10"][0]
-    assert data._connection_targets([url]) == [(url, *expect)]
-
-
 def test_proxy_unreachable_is_named(tmp_path, offline, monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     monkeypatch.delenv("NO_PROXY", raising=False)
@@ -398,53 +403,22 @@ def test_proxy_unreachable_is_named(tmp_path, offline, monkeypatch):
     assert os.listdir(tmp_path) == []
 
 
-def test_preflight_gives_up_on_a_hanging_lookup(monkeypatch):
-    # A DNS lookup that never answers must not hold the run: the check has its own
-    # deadline, independent of the socket timeout.
-    def hang(*args, **kwargs):
-        time.sleep(3)
-        raise OSError("too late")
-
-    monkeypatch.setattr(socket, "create_connection", hang)
-    start = time.monotonic()
-    error = data._connect_error("www.cs.toronto.edu", 443, 0.2)
-    assert time.monotonic() - start < 2
-    assert isinstance(error, TimeoutError)
-
-
 # ----------------------------------------------------- cleanup after a failed download
-
-
-def _listing_before_cleanup(monkeypatch, root):
-    """What `root` held when the failed attempt's cleanup started (filled in then)."""
-    seen = {}
-    remove_new = data._TfdsFootprint.remove_new
-
-    def spy(self):
-        seen.update(_listing(str(root)))
-        remove_new(self)
-
-    monkeypatch.setattr(data._TfdsFootprint, "remove_new", spy)
-    return seen
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "svhn"])
 @pytest.mark.parametrize("state", ["with_other_files", "missing"])
-def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, one_try,
+def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, tfds_http,
                                                       dataset, state):
     # The network looks fine to the preflight (create_connection answers) but tfds'
     # own connections fail: the download starts, writes its partial files, and fails.
-    class _Open:
-        def close(self):
-            pass
-
     hosts = []
 
     def refuse(host, *args, **kwargs):
         hosts.append(host)
         raise OSError("network disabled in this test")
 
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: _Open())
+    _network_looks_up(monkeypatch)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     root = tmp_path / "data" / "tfds"
     if state == "with_other_files":
@@ -453,8 +427,9 @@ def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, one
         (root / TFDS_NAMES[dataset] / "0.0.1").mkdir(parents=True)
         (root / TFDS_NAMES[dataset] / "0.0.1" / "keep").write_bytes(b"old version")
     before = _listing(str(root)) if root.exists() else None
-
-    seen_before_cleanup = _listing_before_cleanup(monkeypatch, root)
+    tfds_http.expected = set(tfds.builder(TFDS_NAMES[dataset]).url_infos)
+    seen_during_download = {}
+    tfds_http.on_request = lambda url: seen_during_download.update(_listing(str(root)))
     start = time.monotonic()
     with pytest.raises(data.DatasetError) as info:
         data.load(dataset, data_dir=str(root))
@@ -464,9 +439,9 @@ def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, one
     assert "download or preparation failed" in message and "ConnectionError" in message
     assert "--data_dir=DIR" in message
     assert HOSTS[dataset] in hosts
-    # tfds did leave partial files behind before the cleanup ran (its incomplete.*
-    # dataset folder it removes itself, except when the process is killed) ...
-    assert any(".tmp." in path for path in seen_before_cleanup), seen_before_cleanup
+    # tfds did write partial files while it downloaded (its incomplete.* dataset
+    # folder it removes itself, except when the process is killed) ...
+    assert any(".tmp." in path for path in seen_during_download), seen_during_download
     # ... and none of them is left, while everything that was there before is.
     if before is None:
         assert not (tmp_path / "data").exists()
@@ -474,20 +449,27 @@ def test_failed_download_removes_only_what_it_created(tmp_path, monkeypatch, one
         assert _listing(str(root)) == before
 
 
-def test_interrupted_download_is_cleaned_up_and_reraised(tmp_path, monkeypatch):
+def test_interrupted_download_is_cleaned_up_and_reraised(tmp_path, monkeypatch, tfds_http):
     # Ctrl-C in the middle of a transfer: the partial file is removed too, and the
     # KeyboardInterrupt goes on (it is not turned into a DatasetError).
-    def interrupted_transfer(self, url, destination_path, verify=True):
-        (destination_path / "partial").write_bytes(b"half a file")
-        _thread.interrupt_main()  # what Ctrl-C does to the waiting main thread
-        raise OSError("transfer stopped")
+    seen_during_download = {}
 
-    monkeypatch.setattr(tfds_downloader._Downloader, "_sync_download",
-                        interrupted_transfer)
-    monkeypatch.setattr(data, "_connect_error", lambda host, port, timeout: None)
+    def interrupted_transfer(url):
+        del url
+        for dirpath, dirnames, _ in os.walk(tmp_path / "downloads"):
+            for name in dirnames:
+                if ".tmp." in name:  # where tfds writes the file being downloaded
+                    with open(os.path.join(dirpath, name, "partial"), "wb") as f:
+                        f.write(b"half a file")
+        seen_during_download.update(_listing(str(tmp_path)))
+        _thread.interrupt_main()  # what Ctrl-C does to the waiting main thread
+        raise requests.exceptions.ConnectionError("transfer stopped")
+
+    _network_looks_up(monkeypatch)
+    tfds_http.expected = set(tfds.builder("cifar10").url_infos)
+    tfds_http.on_request = interrupted_transfer
     (tmp_path / "notes.txt").write_bytes(b"keep me")
-    seen_before_cleanup = _listing_before_cleanup(monkeypatch, tmp_path)
     with pytest.raises(KeyboardInterrupt):
         data.load("cifar10", data_dir=str(tmp_path))
-    assert any(path.endswith("/partial") for path in seen_before_cleanup)
+    assert any(path.endswith("/partial") for path in seen_during_download)
     assert _listing(str(tmp_path)) == {"notes.txt": b"keep me"}
