@@ -10,9 +10,13 @@ weight decay on every trainable weight. `use_dac=False` skips phase A: the plain
 through the same code path. `reference_bn_updates=True` adds the reference code's
 train-mode forwards whose only lasting effect is on the BatchNorm moving statistics.
 
-The wrapper owns no variables: exporting and `predict` go through the base model. A
-DACModel saved whole (`model.save("x.keras")`, `ModelCheckpoint`) also keeps its
-optimizer, so a loaded one continues training where it stopped (`compile_from_config`).
+The wrapper owns no variables: exporting and `predict` go through the base model, and
+`save_weights` (`ModelCheckpoint(save_weights_only=True)`) writes the base model's
+layout, which loads into a freshly built base model. A DACModel saved whole
+(`model.save("x.keras")`, `ModelCheckpoint`) also keeps its optimizer, so a loaded one
+continues training where it stopped (`compile_from_config`). `fit` runs every
+`dac_tf.callbacks.RobustValidation` before the other callbacks, so their order in the
+list does not matter; `evaluate` is exact over replicas, as `fit` is.
 """
 
 import math
@@ -229,9 +233,8 @@ class _MetricDirections(compile_utils.MetricsList):
 
 
 _OPTIMIZER_GROUP = "optimizer/vars"
-_REQUIRES = ("a dac_tf.DACModel: run `import dac_tf` before keras.saving.load_model "
-             "(pip install dac_tf); the base model alone (model.base_model, saved with "
-             "base.save) loads with Keras only")
+_REQUIRES = ("a dac_tf.DACModel: run `import dac_tf` before keras.saving.load_model; "
+             "its base model saved alone (model.base_model.save) loads with Keras only")
 
 
 def _local_h5(filepath):
@@ -277,7 +280,8 @@ class DACModel(keras.Model):
       ac_step: weight of the AC loss (reference: 0.3 for AT and MART, 0.1 for TRADES).
       ac_measure: "std" (reference code: unbiased std of the logits over classes) or
         "var" (the paper's Definition 1: population variance).
-      epsilon, step_size, num_steps: the training attack, in [0, 1] pixel units.
+      epsilon, step_size, num_steps: the training attack, in [0, 1] pixel units
+        (8/255, not 8: a value above 1 is refused, `dac_tf.protocol.unit_value`).
         Defaults: the method's reference L-inf values; required for norm="l2".
       norm: "linf" or "l2".
       beta: TRADES / MART regulariser weight (reference 6 / 5); not used by AT.
@@ -303,6 +307,11 @@ class DACModel(keras.Model):
         inference mode and reads the moving statistics, so its later attacks (from the
         same batch's robust step on, with DAC) change too. False (default): only the
         forwards the updates need.
+
+    Raises:
+      ValueError: a base model or setting DAC cannot train with, naming what to change;
+        `dac_tf.protocol.UnitError` (a ValueError) for an `epsilon` or `step_size`
+        that is not in [0, 1] ("epsilon=8 looks like x/255: ... pass epsilon=8/255").
     """
 
     def __init__(self, base_model, method="at", *, use_dac=True, ac_step=None,
@@ -696,12 +705,6 @@ class DACModel(keras.Model):
         self.clean_accuracy.update_state(labels, logits, sample_weight=weights)
         return global_results([self.loss_tracker, self.clean_accuracy])
 
-    def predict_step(self, data):
-        """The base model's logits (inference mode); a replica with no example returns
-        none, so the concatenated predictions are those of one device."""
-        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.base_model(images, training=False)
-
     # ------------------------------------------------------- fit and weights
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, with every `RobustValidation` first in `callbacks`.
@@ -735,8 +738,8 @@ class DACModel(keras.Model):
             the base weights only).
           overwrite, max_shard_size: as `keras.Model.save_weights`.
         """
-        self.base_model.save_weights(filepath, overwrite=overwrite,
-                                     max_shard_size=max_shard_size)
+        sharding = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        self.base_model.save_weights(filepath, overwrite=overwrite, **sharding)
         optimizer = getattr(self, "optimizer", None)
         if (optimizer is None or not optimizer.variables or max_shard_size is not None
                 or not _local_h5(filepath)):
