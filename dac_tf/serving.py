@@ -20,8 +20,9 @@ The SavedModel holds plain TensorFlow ops and the network's variables: loading i
 neither dac_tf nor Keras. Its signatures all return `logits` (float32 [B, K]),
 `probabilities` (softmax of the logits) and `classes` (int64 argmax):
 
-- `serving_default`: `images` float32 [B, H, W, C] in [0, 1] (a value outside [0, 1] or
-  NaN fails the request with an InvalidArgumentError: TF Serving's HTTP 400);
+- `serving_default`: `images` float32 [B, H, W, C] in [0, 1] (a value outside [0, 1] by
+  more than float rounding, or NaN, fails the request with an InvalidArgumentError: TF
+  Serving's HTTP 400);
 - `serving_uint8`: `images` uint8 [B, H, W, C], divided by 255 in the graph;
 - `serving_bytes`: `images` string [B] of encoded PNG/JPEG/GIF/BMP, each exactly H x W
   (decoded to C channels; the REST API takes them as `{"b64": ...}`).
@@ -54,6 +55,9 @@ METADATA_FILE = os.path.join("assets.extra", "dac_tf_metadata.json")
 SAVED_MODEL_FILE = "saved_model.pb"
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes")
 INPUT_NAME = "images"
+# serving_default accepts [-RANGE_MARGIN, 1 + RANGE_MARGIN]: float32 rounding (1.2e-7 at 1)
+# of arithmetic on [0, 1] images, not a different unit.
+RANGE_MARGIN = 1e-6
 # The error a serving_default request with values outside [0, 1] gets (and its metadata).
 RANGE_MESSAGE = ("serving_default takes float32 images in [0, 1]: divide 0..255 pixels by "
                  "255, or send them as uint8 to serving_uint8")
@@ -153,9 +157,12 @@ class ServingModule(tf.Module):
             # A float outside [0, 1] (0..255 pixels, a negative value, NaN) would get a
             # confident answer for an input the model never saw; refuse it with an op
             # error, which TF Serving returns as HTTP 400 / INVALID_ARGUMENT with the
-            # message. NaN fails both comparisons.
+            # message. NaN fails both comparisons. The margin lets through the float
+            # rounding of an attack's convex combinations of [0, 1] images (AutoAttack's
+            # FAB interpolates without clipping), never a unit mistake.
             images = tf.ensure_shape(images, batch)
-            in_range = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
+            in_range = tf.reduce_all(tf.logical_and(images >= -RANGE_MARGIN,
+                                                    images <= 1.0 + RANGE_MARGIN))
             check = tf.debugging.Assert(
                 in_range, [RANGE_MESSAGE, "min:", tf.reduce_min(images),
                            "max:", tf.reduce_max(images)], summarize=1)

@@ -311,7 +311,7 @@ def test_serving_default_refuses_floats_outside_0_1_as_a_client_sees_it(exported
     message = r"serving_default takes float32 images in \[0, 1\]: divide 0..255 pixels"
     nan = floats.copy()
     nan[3, 2, 2, 0] = np.nan
-    for bad in (floats * 255, floats - 0.25, floats + 1e-6 * (floats == 1), nan):
+    for bad in (floats * 255, floats - 0.25, floats + 1e-5 * (floats == 1), nan):
         bad = bad.astype(np.float32)
         if not np.any((bad < 0) | (bad > 1) | np.isnan(bad)):
             continue    # (no pixel was exactly 1)
@@ -319,8 +319,11 @@ def test_serving_default_refuses_floats_outside_0_1_as_a_client_sees_it(exported
             serve(images=tf.constant(bad))
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             serving._run_like_tf_serving(exported["path"], {"serving_default": bad})
-    # The box itself is valid: 0 and 1 exactly, through both loaders.
-    edges = np.stack([np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32)])
+    # The box itself is valid, through both loaders: 0 and 1 exactly, and a float32
+    # rounding step beyond them (an attack's interpolation between [0, 1] images).
+    edges = np.stack([np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32),
+                      np.full(SHAPE, np.nextafter(np.float32(1), np.float32(2))),
+                      np.full(SHAPE, -np.float32(1e-7))])
     expected = _expected(exported["best"], edges)
     _assert_outputs_match({k: v.numpy() for k, v in serve(images=tf.constant(edges)).items()},
                           expected)

@@ -71,6 +71,13 @@ def test_the_program_detection_reads_python_m_only():
     assert find(["python"]) is None
 
 
+def test_the_evaluation_library_is_reachable_from_the_package():
+    # README: dac_tf.evaluation.runner.evaluate_model(...), dac_tf.evaluation.loading...
+    assert callable(dac_tf.evaluation.runner.evaluate_model)
+    assert callable(dac_tf.evaluation.loading.load_logits_fn)
+    assert callable(dac_tf.evaluation.table.markdown_table)
+
+
 def test_dir_lists_the_lazy_modules():
     assert {"callbacks", "serving", "evaluation", "protocol", "DACModel"} <= set(dir(dac_tf))
     try:

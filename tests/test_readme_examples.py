@@ -13,8 +13,11 @@ Nothing else is defined: a name an example uses without defining it fails the te
 """
 
 import glob
+import importlib
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -68,3 +71,39 @@ def test_the_example_runs_as_written(document, line, code, tmp_path, monkeypatch
         with open("metrics.csv") as f:
             assert "val_robust_accuracy" in f.readline()
         assert np.isfinite(namespace["best"].predict(namespace["x_val"], verbose=0)).all()
+
+
+def test_every_dac_tf_name_the_documents_use_exists():
+    # Prose names (`dac_tf.callbacks.RobustValidation`, ...) resolve: a module part is
+    # importable, the rest are attributes. Library modules are also attributes of the
+    # package after a plain `import dac_tf` (checked in a fresh process below).
+    names = set()
+    for document in DOCUMENTS + [os.path.join("export", "README.md")]:
+        with open(os.path.join(REPO, document), encoding="utf-8") as f:
+            text = f.read()
+        names.update(m.group(2) for m in re.finditer(
+            r"(?<![-\w/.])(-m )?(dac_tf(?:\.\w+)+)", text) if not m.group(1))
+    assert "dac_tf.callbacks.RobustValidation" in names
+    unresolved = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for cut in range(len(parts), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(parts[:cut]))
+                break
+            except ImportError:
+                continue
+        try:
+            for part in parts[cut:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            unresolved.append(name)
+    assert not unresolved
+    programs = {"dac_tf.train", "dac_tf.evaluate", "dac_tf.export", "dac_tf.report",
+                "dac_tf.bench"}
+    library = sorted({".".join(n.split(".")[:2]) for n in names} - programs)
+    code = ("import dac_tf\n" + "".join(
+        f"dac_tf.{n.split('.', 1)[1]}\n" for n in library))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
