@@ -16,8 +16,10 @@ piped through a small child process that drops
 Everything else (Python tracebacks, warnings, `error:` lines, every ERROR/FATAL from a
 real failure) passes through unchanged. The filter is a separate process so that it
 still writes what is left in the pipe when the program dies of a signal or an abort.
-`DAC_TF_TF_LOGS=all` turns it off. Only `python -m dac_tf.X` installs it
-(`dac_tf/__init__.py`); importing dac_tf as a library never touches stderr.
+`DAC_TF_TF_LOGS=all` turns it off. Only dac_tf's own programs, `python -m dac_tf.X`,
+install it (`dac_tf/__init__.py` reads the `-m` module from `sys.orig_argv`, before
+TensorFlow is imported); importing dac_tf as a library, also from a user's own
+`python -m their_pkg`, never touches stderr.
 """
 
 import atexit

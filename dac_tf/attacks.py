@@ -21,11 +21,13 @@ confidence conventions), the perturbation clip (`clip_eta`, equal to CleverHans'
 whose draw the evaluation's PGD start reuses).
 
 Inputs are images in [clip_min, clip_max] (default [0, 1]); `epsilon` and `step_size` are
-in the same units (8/255 for the usual CIFAR-10 L-inf budget).
+in the same units (8/255 for the usual CIFAR-10 L-inf budget; 8 is refused with the value
+to pass, `dac_tf.protocol.unit_value`).
 """
 
 import tensorflow as tf
 
+from dac_tf import protocol
 from dac_tf import seeds
 
 NORMS = ("linf", "l2")
@@ -186,8 +188,9 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss="ce"
         `lambda t: model(t, training=False)`.
       x: clean images, float [batch, H, W, C].
       y: int labels [batch] (the true labels; the attack is untargeted).
-      epsilon: radius of the ball (pixel units in [0, 1]).
-      step_size: length of each step.
+      epsilon: radius of the ball (pixel units in [0, 1]; a Python number above 1 is
+        refused as a value out of 255, `dac_tf.protocol.unit_value`).
+      step_size: length of each step (same units and rule).
       num_steps: number of steps (Python int or scalar tensor; 0 returns the start).
       norm: "linf" or "l2".
       loss: "ce", "kl" or "cw" (see `attack_loss`).
@@ -199,10 +202,17 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss="ce"
 
     Returns:
       Adversarial images, same shape and dtype as `x`, with no gradient.
+
+    Raises:
+      ValueError: an unknown norm, loss or start; `protocol.UnitError` (a ValueError):
+        a radius or step that is not a number in [0, 1].
     """
     _check_choice("norm", norm, NORMS)
     _check_choice("loss", loss, LOSSES)
     _check_choice("start", start, STARTS)
+    # Python numbers only: a tensor radius (in a traced step) is not read back.
+    epsilon = protocol.unit_value("epsilon", epsilon)
+    step_size = protocol.unit_value("step_size", step_size)
     x = tf.stop_gradient(tf.convert_to_tensor(x))
     y = tf.convert_to_tensor(y)
     if seed is None and start != "none":

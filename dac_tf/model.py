@@ -10,9 +10,13 @@ weight decay on every trainable weight. `use_dac=False` skips phase A: the plain
 through the same code path. `reference_bn_updates=True` adds the reference code's
 train-mode forwards whose only lasting effect is on the BatchNorm moving statistics.
 
-The wrapper owns no variables: exporting and `predict` go through the base model. A
-DACModel saved whole (`model.save("x.keras")`, `ModelCheckpoint`) also keeps its
-optimizer, so a loaded one continues training where it stopped (`compile_from_config`).
+The wrapper owns no variables: exporting and `predict` go through the base model, and
+`save_weights` (`ModelCheckpoint(save_weights_only=True)`) writes the base model's
+layout, which loads into a freshly built base model. A DACModel saved whole
+(`model.save("x.keras")`, `ModelCheckpoint`) also keeps its optimizer, so a loaded one
+continues training where it stopped (`compile_from_config`). `fit` runs every
+`dac_tf.callbacks.RobustValidation` before the other callbacks, so their order in the
+list does not matter; `evaluate` is exact over replicas, as `fit` is.
 """
 
 import math
@@ -26,6 +30,7 @@ from keras.src.trainers import compile_utils
 from dac_tf import attacks
 from dac_tf import certainty
 from dac_tf import objectives
+from dac_tf import protocol
 from dac_tf import schedules
 from dac_tf import seeds
 
@@ -227,6 +232,43 @@ class _MetricDirections(compile_utils.MetricsList):
         return {}
 
 
+_OPTIMIZER_GROUP = "optimizer/vars"
+_REQUIRES = ("a dac_tf.DACModel: run `import dac_tf` before keras.saving.load_model; "
+             "its base model saved alone (model.base_model.save) loads with Keras only")
+
+
+def _local_h5(filepath):
+    path = str(filepath)
+    return path.endswith(".weights.h5") and "://" not in path
+
+
+def _h5_layout(filepath):
+    """"nested" (Keras' own DACModel layout), "with_optimizer", "base", or None when
+    the file is not a local `.weights.h5`."""
+    if not _local_h5(filepath):
+        return None
+    import h5py  # noqa: PLC0415
+    try:
+        with h5py.File(str(filepath), "r") as f:
+            if "base_model" in f:
+                return "nested"
+            return "with_optimizer" if _OPTIMIZER_GROUP in f else "base"
+    except OSError:
+        return None   # let Keras report a missing or unreadable file
+
+
+def _keras_archive_is_dac(filepath):
+    """Whether a `.keras` archive holds a DACModel (its config names the class)."""
+    import json  # noqa: PLC0415
+    import zipfile  # noqa: PLC0415
+    try:
+        with zipfile.ZipFile(str(filepath)) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return False
+    return config.get("class_name") == "DACModel"
+
+
 @keras.saving.register_keras_serializable(package="dac_tf")
 class DACModel(keras.Model):
     """Adversarial training with the DAC step, for use with `compile` / `fit`.
@@ -238,7 +280,8 @@ class DACModel(keras.Model):
       ac_step: weight of the AC loss (reference: 0.3 for AT and MART, 0.1 for TRADES).
       ac_measure: "std" (reference code: unbiased std of the logits over classes) or
         "var" (the paper's Definition 1: population variance).
-      epsilon, step_size, num_steps: the training attack, in [0, 1] pixel units.
+      epsilon, step_size, num_steps: the training attack, in [0, 1] pixel units
+        (8/255, not 8: a value above 1 is refused, `dac_tf.protocol.unit_value`).
         Defaults: the method's reference L-inf values; required for norm="l2".
       norm: "linf" or "l2".
       beta: TRADES / MART regulariser weight (reference 6 / 5); not used by AT.
@@ -264,6 +307,11 @@ class DACModel(keras.Model):
         inference mode and reads the moving statistics, so its later attacks (from the
         same batch's robust step on, with DAC) change too. False (default): only the
         forwards the updates need.
+
+    Raises:
+      ValueError: a base model or setting DAC cannot train with, naming what to change;
+        `dac_tf.protocol.UnitError` (a ValueError) for an `epsilon` or `step_size`
+        that is not in [0, 1] ("epsilon=8 looks like x/255: ... pass epsilon=8/255").
     """
 
     def __init__(self, base_model, method="at", *, use_dac=True, ac_step=None,
@@ -286,8 +334,11 @@ class DACModel(keras.Model):
         self.use_dac = bool(use_dac)
         self.ac_step = float(ref.ac_step if ac_step is None else ac_step)
         self.ac_measure = ac_measure
-        self.epsilon = float(ref.epsilon if epsilon is None else epsilon)
-        self.step_size = float(ref.step_size if step_size is None else step_size)
+        # [0, 1] units; a value above 1 can only be one out of 255 (`protocol.unit_value`).
+        self.epsilon = protocol.unit_value(
+            "epsilon", ref.epsilon if epsilon is None else epsilon)
+        self.step_size = protocol.unit_value(
+            "step_size", ref.step_size if step_size is None else step_size)
         self.num_steps = int(ref.num_steps if num_steps is None else num_steps)
         self.norm = norm
         self.beta = None if method == "at" else float(ref.beta if beta is None else beta)
@@ -639,16 +690,101 @@ class DACModel(keras.Model):
         return global_results(trackers)
 
     def test_step(self, data):
+        """Clean cross-entropy and accuracy, BatchNorm in inference mode.
+
+        Exact over replicas, as `train_step`: every example is weighted once however
+        the batch is split (a replica with no example gets one of weight 0), and the
+        metrics' totals are summed over the replicas before the division
+        (`global_results`).
+        """
         images, labels = self._unpack(data)
+        images, labels, weights = pad_empty_replica(images, labels)
         logits = self._logits(images, False)
         loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-        self.loss_tracker.update_state(loss)
-        self.clean_accuracy.update_state(labels, logits)
-        return {"loss": self.loss_tracker.result(), "accuracy": self.clean_accuracy.result()}
+        self.loss_tracker.update_state(loss, sample_weight=weights)
+        self.clean_accuracy.update_state(labels, logits, sample_weight=weights)
+        return global_results([self.loss_tracker, self.clean_accuracy])
+
+    # ------------------------------------------------------- fit and weights
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, with every `RobustValidation` first in `callbacks`.
+
+        Keras calls callbacks in list order; `dac_tf.callbacks.RobustValidation` adds
+        `val_robust_accuracy` and the other robust keys at each epoch's end, so it runs
+        before the callbacks that read them wherever it stands in the list
+        (`dac_tf.callbacks.ordered`: the validations first, everything else in its
+        order). Arguments and return value are `keras.Model.fit`'s.
+        """
+        from dac_tf import callbacks as callbacks_lib  # noqa: PLC0415 (imports this module)
+        if len(args) > 5:   # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
+            args = args[:5] + (callbacks_lib.ordered(args[5]),) + args[6:]
+        elif kwargs.get("callbacks") is not None:
+            kwargs["callbacks"] = callbacks_lib.ordered(kwargs["callbacks"])
+        return super().fit(*args, **kwargs)
+
+    def save_weights(self, filepath, overwrite=True, max_shard_size=None):
+        """Saves the base model's weights, and the optimizer's state beside them.
+
+        What `ModelCheckpoint(save_weights_only=True)` and `BackupAndRestore` call. The
+        file has the layout of `base_model.save_weights`, so it loads into a freshly
+        built base model (`base.load_weights(path)`, in this process or another; the
+        extra `optimizer` group is ignored there). `DACModel.load_weights` also restores
+        the optimizer (iterations, momentum), as Keras' own `save_weights` of a compiled
+        model does, so a restored DACModel continues with the same learning rates and
+        attack seeds. `model.save("x.keras")` still saves the whole DACModel.
+
+        Args:
+          filepath: a `.weights.h5` path (`.weights.json` with `max_shard_size`:
+            the base weights only).
+          overwrite, max_shard_size: as `keras.Model.save_weights`.
+        """
+        sharding = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+        self.base_model.save_weights(filepath, overwrite=overwrite, **sharding)
+        optimizer = getattr(self, "optimizer", None)
+        if (optimizer is None or not optimizer.variables or max_shard_size is not None
+                or not _local_h5(filepath)):
+            return
+        state = {}
+        optimizer.save_own_variables(state)
+        import h5py  # noqa: PLC0415 (Keras' own weights format)
+        with h5py.File(str(filepath), "a") as f:
+            # The group Keras writes for a compiled model's optimizer: `optimizer/vars/<i>`.
+            group = f.require_group(_OPTIMIZER_GROUP)
+            for key, value in state.items():
+                group.create_dataset(key, data=value)
+
+    def load_weights(self, filepath, skip_mismatch=False, **kwargs):
+        """Loads a `save_weights` file into the base model (and the optimizer).
+
+        Accepts a file of `DACModel.save_weights` (base weights and optimizer state), of
+        `base_model.save_weights` (weights only), a `.keras` file of a DACModel or of its
+        base model, and the nested layout Keras wrote for a DACModel before dac_tf
+        saved the base layout.
+
+        Args:
+          filepath, skip_mismatch, **kwargs: as `keras.Model.load_weights`.
+        """
+        layout = _h5_layout(filepath)
+        if layout == "nested" or (layout is None and str(filepath).endswith(".keras")
+                                  and _keras_archive_is_dac(filepath)):
+            return super().load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        self.base_model.load_weights(filepath, skip_mismatch=skip_mismatch, **kwargs)
+        optimizer = getattr(self, "optimizer", None)
+        if layout != "with_optimizer" or optimizer is None:
+            return
+        import h5py  # noqa: PLC0415
+        with h5py.File(str(filepath), "r") as f:
+            state = {key: value[()] for key, value in f[_OPTIMIZER_GROUP].items()}
+        if not optimizer.built:
+            optimizer.build(self.base_model.trainable_variables)
+        optimizer.load_own_variables(state)
 
     # ----------------------------------------------------------- serialization
     def get_config(self):
         return {
+            # Keras names no module to import when a class is missing: its error quotes
+            # the config, so the config says it (`from_config` drops the key).
+            "requires": _REQUIRES,
             "base_model": keras.saving.serialize_keras_object(self.base_model),
             "method": self.method, "use_dac": self.use_dac, "ac_step": self.ac_step,
             "ac_measure": self.ac_measure, "epsilon": self.epsilon,
@@ -662,5 +798,6 @@ class DACModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        config.pop("requires", None)
         config["base_model"] = keras.saving.deserialize_keras_object(config["base_model"])
         return cls(**config)

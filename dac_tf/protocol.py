@@ -18,11 +18,18 @@ report cannot drift apart:
   default (`SELECTION_PROTOCOLS["at"]`), at the evaluation radius with the step eps/4
   (2/255 at 8/255).
 - **Units.** Every CLI takes radii and step sizes in pixel units out of 255, as the field
-  writes them (`--epsilon=8` is 8/255); the library takes [0, 1] units.
+  writes them (`--epsilon=8` is 8/255, `from_pixels`); the library takes [0, 1] units,
+  the Keras and CleverHans habit, and every library entry that takes a radius or a step
+  (`DACModel`, `RobustValidation`, `attacks.pgd`, the evaluation API, the export
+  metadata) refuses a value above 1, which on [0, 1] images can only be a value out of
+  255 given by mistake (`unit_value`: "epsilon=8 looks like x/255: pass 8/255").
 """
 
 import dataclasses
 import math
+import numbers
+
+import numpy as np
 
 from dac_tf import errors
 
@@ -64,6 +71,56 @@ def from_pixels(flag, value, *, radius=True):
         raise UnitError(f"--{flag}={value:g} is in pixel units /255 (8 means 8/255); for "
                         f"{value:g} in [0, 1] units pass --{flag}={value * 255:g}.")
     return value / 255
+
+
+def unit_value(name, value, *, allow_none=False):
+    """Checks a radius or step size given to the library in [0, 1] units.
+
+    The library's one unit rule (the CLIs' is `from_pixels`). Images are in [0, 1], so an
+    L-inf radius or step above 1 moves every pixel anywhere in the box: such a value can
+    only be one written out of 255 by mistake, and is refused with the value to pass.
+    The same bound holds under L2 (the CLIs cap both norms at 255/255 too).
+
+    Only Python and numpy numbers are checked: a tensor passes through unchanged, so
+    the in-graph callers (`DACModel.train_step`, attacks inside `tf.function`) add no
+    host synchronisation.
+
+    Args:
+      name: the argument's name, for the message ("epsilon", "step_size").
+      value: the value as given.
+      allow_none: let None through (an argument whose default is resolved later).
+
+    Returns:
+      float(value) for a number; a tensor or None unchanged.
+
+    Raises:
+      UnitError: not a number, not finite, negative, or above 1.
+    """
+    if value is None and allow_none:
+        return None
+    if tf_tensor(value):
+        return value
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "fiu":
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UnitError(f"{name}={value!r} is not valid; it must be a number in [0, 1] "
+                        "(pixel units on [0, 1] images: 8/255 for 8 pixel levels).")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise UnitError(f"{name}={number:g} is not valid; it must be a finite number in "
+                        "[0, 1] (pixel units on [0, 1] images: 8/255 for 8 levels).")
+    if number > 1:
+        hint = (f"pass {name}={number:g}/255" if number <= 255 else
+                "give it in [0, 1] units (8/255 for 8 pixel levels)")
+        raise UnitError(f"{name}={number:g} looks like x/255: images are in [0, 1], so "
+                        f"radii and steps are too; {hint}.")
+    return number
+
+
+def tf_tensor(value):
+    """True for a TensorFlow tensor or variable (checked without importing TensorFlow)."""
+    module = type(value).__module__ or ""
+    return module.startswith(("tensorflow", "keras")) and not isinstance(value, numbers.Real)
 
 
 def to_pixels(value):

@@ -20,7 +20,9 @@ The SavedModel holds plain TensorFlow ops and the network's variables: loading i
 neither dac_tf nor Keras. Its signatures all return `logits` (float32 [B, K]),
 `probabilities` (softmax of the logits) and `classes` (int64 argmax):
 
-- `serving_default`: `images` float32 [B, H, W, C] in [0, 1];
+- `serving_default`: `images` float32 [B, H, W, C] in [0, 1] (a value outside [0, 1] by
+  more than float rounding, or NaN, fails the request with an InvalidArgumentError: TF
+  Serving's HTTP 400);
 - `serving_uint8`: `images` uint8 [B, H, W, C], divided by 255 in the graph;
 - `serving_bytes`: `images` string [B] of encoded PNG/JPEG/GIF/BMP, each exactly H x W
   (decoded to C channels; the REST API takes them as `{"b64": ...}`).
@@ -46,12 +48,19 @@ import dac_tf
 from dac_tf import checkpoints
 from dac_tf import errors
 from dac_tf import fileio
+from dac_tf import protocol
 
 FORMAT = "dac_tf.export/1"
 METADATA_FILE = os.path.join("assets.extra", "dac_tf_metadata.json")
 SAVED_MODEL_FILE = "saved_model.pb"
 SIGNATURES = ("serving_default", "serving_uint8", "serving_bytes")
 INPUT_NAME = "images"
+# serving_default accepts [-RANGE_MARGIN, 1 + RANGE_MARGIN]: float32 rounding (1.2e-7 at 1)
+# of arithmetic on [0, 1] images, not a different unit.
+RANGE_MARGIN = 1e-6
+# The error a serving_default request with values outside [0, 1] gets (and its metadata).
+RANGE_MESSAGE = ("serving_default takes float32 images in [0, 1]: divide 0..255 pixels by "
+                 "255, or send them as uint8 to serving_uint8")
 OUTPUT_NAMES = ("logits", "probabilities", "classes")
 # Keys of config.json copied to the top level of the metadata, where dac_tf.evaluate and
 # serving clients look for them; the whole config is kept under "training_config".
@@ -145,7 +154,20 @@ class ServingModule(tf.Module):
 
         @tf.function(input_signature=[tf.TensorSpec(batch, tf.float32, name=INPUT_NAME)])
         def serving_default(images):
-            return outputs(images)
+            # A float outside [0, 1] (0..255 pixels, a negative value, NaN) would get a
+            # confident answer for an input the model never saw; refuse it with an op
+            # error, which TF Serving returns as HTTP 400 / INVALID_ARGUMENT with the
+            # message. NaN fails both comparisons. The margin lets through the float
+            # rounding of an attack's convex combinations of [0, 1] images (AutoAttack's
+            # FAB interpolates without clipping), never a unit mistake.
+            images = tf.ensure_shape(images, batch)
+            in_range = tf.reduce_all(tf.logical_and(images >= -RANGE_MARGIN,
+                                                    images <= 1.0 + RANGE_MARGIN))
+            check = tf.debugging.Assert(
+                in_range, [RANGE_MESSAGE, "min:", tf.reduce_min(images),
+                           "max:", tf.reduce_max(images)], summarize=1)
+            with tf.control_dependencies([check]):
+                return outputs(tf.identity(images))
 
         @tf.function(input_signature=[tf.TensorSpec(batch, tf.uint8, name=INPUT_NAME)])
         def serving_uint8(images):
@@ -223,7 +245,9 @@ def build_metadata(model, config=None, *, checkpoint=None, checkpoint_path=None,
         num_classes=_num_classes(model),
         epsilon_255=None if config.get("epsilon") is None else float(config["epsilon"]) * 255,
         signatures={
-            "serving_default": "images: float32 [batch, H, W, C] in [0, 1]",
+            "serving_default": "images: float32 [batch, H, W, C] in [0, 1]; a value "
+                               "outside [0, 1] or NaN fails the request "
+                               "(InvalidArgumentError, HTTP 400)",
             "serving_uint8": "images: uint8 [batch, H, W, C]",
             "serving_bytes": "images: string [batch], encoded PNG/JPEG, each H x W",
         },
@@ -519,7 +543,9 @@ def export_saved_model(model, export_base, *, metadata=None, version=None, overw
     Args:
       model: a built `keras.Model` mapping float32 [B, H, W, C] images in [0, 1] to logits.
       export_base: the model's export directory (export/NAME); created if missing.
-      metadata: dict merged over `build_metadata(model)` (e.g. from `export_run`).
+      metadata: dict merged over `build_metadata(model)` (e.g. from `export_run`); an
+        `epsilon` in it is the training radius in [0, 1] units (above 1 is refused as
+        a value out of 255 given by mistake) and sets `epsilon_255`.
       version: int (or digit string) version to write; None for the next free one.
       overwrite: replace an existing `version`.
       verify: load the SavedModel back and check every signature against `model` before
@@ -529,6 +555,7 @@ def export_saved_model(model, export_base, *, metadata=None, version=None, overw
       The path of the version directory written (export_base/<version>).
 
     Raises:
+      protocol.UnitError: a metadata epsilon above 1 (a value out of 255).
       ExportError: a bad model, version or directory, an existing version without
         `overwrite`, or a failed round-trip check (nothing is left behind then).
     """
@@ -536,6 +563,12 @@ def export_saved_model(model, export_base, *, metadata=None, version=None, overw
     explicit = version is not None
     meta = build_metadata(model)
     meta.update(metadata or {})
+    # The training radius, in [0, 1] units like every library radius (the rule of
+    # `protocol.unit_value`); epsilon_255 follows it.
+    meta["epsilon"] = protocol.unit_value("metadata['epsilon']", meta.get("epsilon"),
+                                          allow_none=True)
+    if meta["epsilon"] is not None:
+        meta["epsilon_255"] = protocol.to_pixels(meta["epsilon"])
     metadata_json = json.dumps(meta, indent=2, sort_keys=True)
     module = ServingModule(model, metadata_json)
     try:

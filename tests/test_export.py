@@ -302,6 +302,63 @@ def test_wrong_dtype_shape_and_image_size_are_tensorflow_errors(exported):
         serve["serving_bytes"](images=tf.constant([b"not an image"]))
 
 
+def test_serving_default_refuses_floats_outside_0_1_as_a_client_sees_it(exported, inputs):
+    # x*255, negative values and NaN would otherwise get a confident answer for an input
+    # the model never saw. The refusal is an op error in the graph: what TF Serving
+    # returns to a REST or gRPC client (HTTP 400 / INVALID_ARGUMENT, with the message).
+    _, floats = inputs
+    serve = tf.saved_model.load(exported["path"]).signatures["serving_default"]
+    message = r"serving_default takes float32 images in \[0, 1\]: divide 0..255 pixels"
+    nan = floats.copy()
+    nan[3, 2, 2, 0] = np.nan
+    for bad in (floats * 255, floats - 0.25, floats + 1e-5 * (floats == 1), nan):
+        bad = bad.astype(np.float32)
+        if not np.any((bad < 0) | (bad > 1) | np.isnan(bad)):
+            continue    # (no pixel was exactly 1)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serve(images=tf.constant(bad))
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            serving._run_like_tf_serving(exported["path"], {"serving_default": bad})
+    # The box itself is valid, through both loaders: 0 and 1 exactly, and a float32
+    # rounding step beyond them (an attack's interpolation between [0, 1] images).
+    edges = np.stack([np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32),
+                      np.full(SHAPE, np.nextafter(np.float32(1), np.float32(2))),
+                      np.full(SHAPE, -np.float32(1e-7))])
+    expected = _expected(exported["best"], edges)
+    _assert_outputs_match({k: v.numpy() for k, v in serve(images=tf.constant(edges)).items()},
+                          expected)
+    _assert_outputs_match(serving._run_like_tf_serving(
+        exported["path"], {"serving_default": edges})["serving_default"], expected)
+    assert "outside [0, 1]" in serving.read_metadata(exported["path"])["signatures"][
+        "serving_default"]
+
+
+def test_export_readme_claims_hold_for_empty_batches_and_numpy_casts(exported):
+    # export/README.md: an empty batch returns empty outputs (it once said it fails on
+    # CPU); numpy arrays are cast to the signature's dtype silently (0.7 -> 0, 300 -> 44).
+    loaded = tf.saved_model.load(exported["path"])
+    empties = {"serving_default": tf.zeros((0, *SHAPE), tf.float32),
+               "serving_uint8": tf.zeros((0, *SHAPE), tf.uint8),
+               "serving_bytes": tf.zeros((0,), tf.string)}
+    for name, empty in empties.items():
+        out = loaded.signatures[name](images=empty)
+        assert out["logits"].shape == (0, NUM_CLASSES) and out["classes"].shape == (0,)
+        assert out["probabilities"].shape == (0, NUM_CLASSES)
+    out = serving._run_like_tf_serving(exported["path"], {
+        "serving_default": np.zeros((0, *SHAPE), np.float32)})["serving_default"]
+    assert out["logits"].shape == (0, NUM_CLASSES)
+    uint8 = loaded.signatures["serving_uint8"]
+    logits = lambda images: uint8(images=images)["logits"].numpy()   # noqa: E731
+    np.testing.assert_array_equal(logits(np.full((1, *SHAPE), 0.7, np.float32)),
+                                  logits(tf.zeros((1, *SHAPE), tf.uint8)))
+    np.testing.assert_array_equal(logits(np.full((1, *SHAPE), 300, np.int64)),
+                                  logits(tf.fill((1, *SHAPE), tf.constant(44, tf.uint8))))
+    with open(os.path.join(REPO, "export", "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert "An empty batch fails" not in text
+    assert "serving_default takes float32 images in [0, 1]" in text
+
+
 # ------------------------------------------------------------------------ versions
 def test_versions_never_overwrite_silently_and_are_replaced_atomically(exported, inputs,
                                                                        tmp_path, monkeypatch):

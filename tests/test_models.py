@@ -197,8 +197,9 @@ def test_normalization_inside_model_is_applied_to_inputs():
     keras.utils.set_random_seed(2)
     plain = models.build("small_cnn", normalization=None)
     normed = models.build("small_cnn", normalization="cifar10")
-    assert not _layers_of(plain, layers.ChannelNormalization)
-    assert not _layers_of(models.build("small_cnn"), layers.ChannelNormalization)  # auto
+    assert not _layers_of(plain, keras.layers.Normalization)
+    assert not _layers_of(models.build("small_cnn"), keras.layers.Normalization)  # auto
+    assert len(_layers_of(normed, keras.layers.Normalization)) == 1
     normed.set_weights(plain.get_weights())
     x = np.random.default_rng(3).uniform(size=(4, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(normed(x).numpy(),
@@ -209,13 +210,61 @@ def test_normalization_inside_model_is_applied_to_inputs():
 def test_custom_normalization_pair_and_saved_model_round_trip(tmp_path):
     model = models.build("small_cnn", input_shape=(8, 8, 1), normalization=([0.3], [0.2]))
     norm = model.get_layer("normalization")
-    assert norm.mean == [0.3] and norm.std == [0.2]
+    assert isinstance(norm, keras.layers.Normalization)
+    assert norm.get_config()["mean"] == [0.3]
+    assert norm.get_config()["variance"] == [float(np.float32(0.2) * np.float32(0.2))]
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
     x = np.random.default_rng(4).uniform(size=(2, 8, 8, 1)).astype("float32")
-    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
-    assert isinstance(loaded.get_layer("normalization"), layers.ChannelNormalization)
+    np.testing.assert_array_equal(loaded(x).numpy(), model(x).numpy())
+    assert isinstance(loaded.get_layer("normalization"), keras.layers.Normalization)
+
+
+@pytest.mark.parametrize("stats", [(CIFAR_MEAN, CIFAR_STD), "random"])
+def test_zoo_normalization_is_bit_for_bit_x_minus_mean_over_std(stats):
+    # The reference normalises with (x - mean) / std; Keras' Normalization divides by
+    # sqrt(variance), which must give the float32 std back exactly.
+    rng = np.random.default_rng(5)
+    if stats == "random":
+        stats = (rng.uniform(0, 1, 64).astype("float32"),
+                 rng.uniform(1e-3, 3, 64).astype("float32"))
+    mean, std = stats
+    x = rng.uniform(size=(4, 3, 3, len(mean))).astype("float32")
+    layer = layers.normalization_layer(mean.tolist(), std.tolist())
+    assert isinstance(layer, keras.layers.Normalization)
+    np.testing.assert_array_equal(layer(x).numpy(), (x - mean) / std)
+    np.testing.assert_array_equal(layer(x).numpy(),
+                                  layers.ChannelNormalization(mean, std)(x).numpy())
+
+
+def test_a_saved_zoo_model_loads_with_keras_alone(tmp_path):
+    # A user's serving or analysis code should not need dac_tf to read a .keras file
+    # of a zoo model (before: "Could not locate class 'ChannelNormalization'").
+    import subprocess
+    import sys
+    model = models.build("small_cnn", input_shape=(8, 8, 3), normalization="cifar10")
+    x = np.random.default_rng(6).uniform(size=(2, 8, 8, 3)).astype("float32")
+    model.save(str(tmp_path / "m.keras"))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "logits.npy", model(x).numpy())
+    code = f"""
+import sys
+class NoDacTf:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "dac_tf":
+            raise ImportError("dac_tf must not be needed")
+sys.meta_path.insert(0, NoDacTf())
+import keras, numpy as np
+loaded = keras.saving.load_model({str(tmp_path / "m.keras")!r})
+same = np.array_equal(loaded(np.load({str(tmp_path / "x.npy")!r})).numpy(),
+                      np.load({str(tmp_path / "logits.npy")!r}))
+print("equal" if same else "different")
+"""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "equal"
 
 
 def test_model_with_normalization_exports_as_saved_model(tmp_path):

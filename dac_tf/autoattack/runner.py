@@ -28,6 +28,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from dac_tf import protocol
 from dac_tf.autoattack import _common
 from dac_tf.autoattack import autopgd
 from dac_tf.autoattack import fab
@@ -176,7 +177,8 @@ def run_standard_autoattack(logits_fn, x, y, *, epsilon, seed=0, batch_size=500,
     x = np.asarray(x, np.float32)
     y = np.asarray(y).astype(np.int32)
     n = len(x)
-    epsilon = float(epsilon)
+    # [0, 1] units like every library radius; 8 is refused with "pass 8/255".
+    epsilon = protocol.unit_value("epsilon", float(epsilon))
     config = dict(seed=int(seed), batch_size=int(batch_size), apgd_n_iter=int(apgd_n_iter),
                   fab_n_iter=int(fab_n_iter), square_n_queries=int(square_n_queries),
                   n_target_classes=int(n_target_classes))

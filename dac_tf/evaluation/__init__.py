@@ -31,3 +31,15 @@ from dac_tf import errors
 
 class EvaluationError(errors.UserError):
     """A model, data set or setting that cannot be evaluated (the message says why)."""
+
+
+_SUBMODULES = ("attacks", "checks", "heatmaps", "loading", "results", "runner", "table")
+
+
+def __getattr__(name):
+    # `dac_tf.evaluation.runner.evaluate_model(...)` after `import dac_tf`, as the README
+    # writes it; a submodule (and CleverHans, for `attacks`) loads on first use.
+    if name in _SUBMODULES:
+        import importlib  # noqa: PLC0415
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

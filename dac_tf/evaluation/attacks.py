@@ -247,7 +247,8 @@ def fgsm(model_fn, x, y, *, epsilon, norm="linf", loss_fn=None, clip_min=0.0, cl
       model_fn: images -> logits (inference mode).
       x: clean images [B, ...] in [clip_min, clip_max].
       y: int labels [B].
-      epsilon: radius.
+      epsilon: radius in [0, 1] units (a Python number above 1 is refused:
+        `dac_tf.protocol.unit_value`).
       norm: "linf" or "l2".
       loss_fn: `loss_fn(labels=, logits=)`; cross-entropy when None.
 
@@ -255,6 +256,7 @@ def fgsm(model_fn, x, y, *, epsilon, norm="linf", loss_fn=None, clip_min=0.0, cl
       Adversarial images, same shape as `x`.
     """
     _check_norm(norm)
+    epsilon = protocol.unit_value("epsilon", epsilon)   # Python numbers; tensors pass
     return tf.stop_gradient(fast_gradient_method(
         model_fn, x, epsilon, _CLEVERHANS_NORM[norm], loss_fn=loss_fn or ce_loss_fn,
         clip_min=clip_min, clip_max=clip_max, y=y, sanity_checks=False))
@@ -272,8 +274,9 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss_fn=N
       model_fn: images -> logits (inference mode).
       x: clean images [B, ...].
       y: int labels [B].
-      epsilon: radius.
-      step_size: step length.
+      epsilon: radius in [0, 1] units (a Python number above 1 is refused:
+        `dac_tf.protocol.unit_value`).
+      step_size: step length, same units and rule.
       num_steps: int >= 0 (Python int or scalar int32 tensor).
       norm: "linf" or "l2".
       loss_fn: `loss_fn(labels=, logits=)`; cross-entropy when None.
@@ -285,6 +288,8 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss_fn=N
       Adversarial images, same shape as `x`.
     """
     _check_norm(norm)
+    epsilon = protocol.unit_value("epsilon", epsilon)   # Python numbers; tensors pass
+    step_size = protocol.unit_value("step_size", step_size)
     ch_norm = _CLEVERHANS_NORM[norm]
     loss_fn = loss_fn or ce_loss_fn
     x = tf.convert_to_tensor(x, tf.float32)
@@ -332,6 +337,9 @@ def attack_settings(spec, *, epsilon, norm="linf", step_size=None, restarts=1,
       A JSON-serialisable dict.
     """
     _check_norm(norm)
+    epsilon = protocol.unit_value("epsilon", epsilon)
+    step_size = protocol.unit_value("step_size", step_size, allow_none=True)
+    cw_step_size = protocol.unit_value("cw_step_size", cw_step_size, allow_none=True)
     if spec.kind == "clean":
         return dict(kind="clean")
     if spec.kind == "fgsm":
@@ -375,6 +383,7 @@ def autoattack_settings(epsilon, *, seed, batch_size, options=None):
     Raises:
       AttackError: an unknown option, component or implementation.
     """
+    epsilon = protocol.unit_value("epsilon", epsilon)
     options = dict(options or {})
     unknown = set(options) - {"attacks", "jit_compile", "impl", *AUTOATTACK_BUDGETS}
     if unknown:

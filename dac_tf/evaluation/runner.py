@@ -137,10 +137,14 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
 
     Raises:
       attacks.AttackError, EvaluationError: bad attack names or settings.
+      protocol.UnitError: a radius or step that is not a number in [0, 1] (a value
+        above 1 is refused as one out of 255: pass 8/255, not 8).
     """
     specs = attack_lib.parse_attacks(attacks)
-    if not (isinstance(epsilon, (int, float, np.floating)) and 0 <= epsilon <= 1):
-        raise EvaluationError(f"epsilon={epsilon!r} must be in [0, 1] (pixel units / 255).")
+    # [0, 1] units, as every library radius (`protocol.unit_value`: 8 -> "pass 8/255").
+    epsilon = protocol.unit_value("epsilon", epsilon)
+    pgd_step_size = protocol.unit_value("pgd_step_size", pgd_step_size, allow_none=True)
+    cw_step_size = protocol.unit_value("cw_step_size", cw_step_size, allow_none=True)
     if norm not in attack_lib.NORMS:
         raise EvaluationError(f"--norm={norm!r} is not valid; use one of "
                               f"{', '.join(attack_lib.NORMS)}.")

@@ -22,6 +22,10 @@ CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 class ChannelNormalization(keras.layers.Layer):
     """Per-channel `(x - mean) / std` on the last axis, with fixed constants.
 
+    The zoo builds Keras' own `Normalization` instead (`normalization_layer`, the same
+    numbers, loadable without dac_tf); this layer stays for models saved before that
+    and for a std below 1e-7.
+
     Lives inside the model so that attacks, clipping and the epsilon ball all work on
     [0, 1] images, as in the reference code.
 
@@ -118,7 +122,42 @@ def inputs_and_normalization(input_shape, normalization):
     stats = resolve_normalization(normalization)
     if stats is None:
         return inputs, inputs
-    return inputs, ChannelNormalization(*stats, name="normalization")(inputs)
+    channels = input_shape[-1]
+    if channels is not None and len(stats[0]) != channels:
+        raise ValueError(
+            f"normalization has {len(stats[0])} mean/std values but the input has "
+            f"{channels} channels (input shape {tuple(input_shape)}).")
+    return inputs, normalization_layer(*stats)(inputs)
+
+
+def normalization_layer(mean, std, name="normalization"):
+    """Per-channel `(x - mean) / std` as Keras' built-in `Normalization` layer.
+
+    Built in, so a `.keras` file of a zoo model loads with Keras alone (no
+    `import dac_tf`). Keras computes `(x - mean) / max(sqrt(variance), 1e-7)`; with
+    `variance` the float32 square of the float32 std, `sqrt` gives that std back
+    exactly (the square root of a correctly rounded square is the number itself in
+    binary floating point), so the layer computes the reference's `(x - mean) / std`
+    bit for bit, as `ChannelNormalization` does.
+
+    Args:
+      mean, std: per-channel sequences (std positive).
+      name: the layer's name.
+
+    Returns:
+      A `keras.layers.Normalization`, or a `ChannelNormalization` for a std below
+      Keras' epsilon (1e-7), where Keras' `max` would change the value.
+    """
+    std32 = np.asarray(std, np.float32).ravel()
+    if std32.size == 0 or not np.all(std32 >= keras.config.epsilon()):
+        return ChannelNormalization(mean, std, name=name)
+    if np.ravel(mean).size != std32.size:
+        raise ValueError(
+            f"normalization mean has {np.ravel(mean).size} values but std has "
+            f"{std32.size}; give one of each per channel.")
+    variance = [float(v) for v in std32 * std32]   # float32 products, exact in JSON
+    return keras.layers.Normalization(axis=-1, mean=[float(m) for m in np.ravel(mean)],
+                                      variance=variance, name=name)
 
 
 def torch_default_conv_init():
