@@ -179,6 +179,76 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"training stopped and the last good checkpoint is kept; {self.hint}.")
 
 
+class StopOnNonFiniteEpoch(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` when an epoch ends with anything non-finite.
+
+    A batch's loss is computed before its update, so an update that sends the weights
+    to overflow (or to values whose logits overflow) passes `StopOnNonFiniteLoss`: the
+    epoch ends with a finite training loss and a model that outputs NaN, and its
+    validation still yields accuracies (argmax of NaN logits is class 0). This callback
+    fails such an epoch when one of these is not finite:
+
+    - a value in the epoch's logs (the validation callbacks' adversarial certainty sums
+      the logits of every attacked example, so one non-finite logit makes it non-finite);
+    - a variable of the model (weights and BatchNorm statistics);
+    - a logit of the model on the clean images `x`, BatchNorm in inference mode.
+
+    Put it after the validation callbacks and before every callback that saves or logs
+    the epoch: raising in `on_epoch_end` keeps the previous checkpoints the newest.
+
+    Args:
+      x: images (float in [0, 1] or uint8) whose clean logits must be finite, e.g. the
+        examples the validation attacks; None skips that check.
+      batch_size: examples per forward pass over `x`.
+      hint: what the user can change, appended to the message.
+    """
+
+    def __init__(self, x=None, *, batch_size=256,
+                 hint="lower the learning rate, check the data, or use float32"):
+        super().__init__()
+        self.x = None if x is None else data.to_float32(np.asarray(x))
+        self.batch_size = max(1, int(batch_size))
+        self.hint = hint
+        self._finite_logits = None
+
+    def _logits_are_finite(self):
+        if self._finite_logits is None:
+            model = self.model
+
+            @tf.function(reduce_retracing=True)
+            def finite(images):
+                logits = tf.cast(model(images, training=False), tf.float32)
+                return tf.reduce_all(tf.math.is_finite(logits))
+
+            self._finite_logits = finite
+        return all(bool(self._finite_logits(tf.constant(self.x[i:i + self.batch_size])))
+                   for i in range(0, len(self.x), self.batch_size))
+
+    def problem(self, logs):
+        """What is non-finite at the end of an epoch (a short phrase), or None."""
+        bad = sorted(k for k, v in (logs or {}).items()
+                     if isinstance(v, (int, float, np.number)) and not math.isfinite(v))
+        if bad:
+            return "non-finite " + ", ".join(f"{k} = {logs[k]}" for k in bad)
+        weights = [v for v in self.model.weights
+                   if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+        if weights:
+            return f"non-finite weights ({', '.join(v.path for v in weights[:3])})"
+        if self.x is not None and len(self.x) and not self._logits_are_finite():
+            return f"non-finite logits on the {len(self.x)} validation images"
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        problem = self.problem(logs)
+        if problem is None:
+            return
+        kept = (f"the checkpoints of epoch {epoch} stay the newest" if epoch else
+                "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"epoch {epoch + 1} ended with {problem}; it was not saved, training stopped "
+            f"and {kept}; {self.hint}.")
+
+
 class EpochInfo(keras.callbacks.Callback):
     """Adds `lr` (the rate of the epoch's last batch) and `epoch_seconds` to the logs.
 

@@ -260,12 +260,15 @@ def fit_epochs(model, strategy, dataset, *, initial_epoch, epochs, steps, callba
         raise cluster.peer_lost_error(cluster.current_task(), e, where) from None
 
 
+_NON_FINITE_HINT = "lower --lr, check the data, or use --mixed_precision=float32"
+
+
 def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select_key,
                         steps, log_names):
     """The training loop's callbacks, in the order they run at each epoch's end.
 
     Validation (selection split, then test) adds its values to the logs; then the
-    epoch's lr and time; then the metrics row, `last` and `best` are written in that
+    epoch's lr and time; then the check that everything is finite; then the metrics row, `last` and `best` are written in that
     order (what `rundir.resume_problems` relies on after a kill); then TensorBoard and
     the summary line.
     """
@@ -277,8 +280,7 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
         batch_size=config.eval_batch_size, num_examples=config.eval_examples or None,
         seed=config.seed, ac_measure=config.ac_measure, verbose=bool(config.verbose))
     best = callbacks.BestCheckpoint(best_manager, select_key, best_epoch, best_value)
-    chain = [callbacks.StopOnNonFiniteLoss(
-        "lower --lr, check the data, or use --mixed_precision=float32")]
+    chain = [callbacks.StopOnNonFiniteLoss(_NON_FINITE_HINT)]
     if config.verbose:
         chain.append(callbacks.TrainingProgress(config.epochs, steps, log_names))
     if len(splits.y_val):
@@ -287,6 +289,12 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
     chain += [callbacks.RobustValidation(splits.x_test, splits.y_test, prefix="test",
                                          **validation),
               callbacks.EpochInfo()]
+    # An epoch that ends with a non-finite value (a validation metric, a weight, a logit
+    # of the selection examples) is a failed epoch: it stops here, before it is saved.
+    selection_x = splits.x_val if len(splits.y_val) else splits.x_test
+    chain.append(callbacks.StopOnNonFiniteEpoch(
+        selection_x[:config.eval_examples or None], batch_size=config.eval_batch_size,
+        hint=_NON_FINITE_HINT))
 
     def write_row(epoch, logs):
         rows.append(rundir.row_from_logs(epoch + 1, logs))

@@ -13,9 +13,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import clitools
+from dac_tf import callbacks
+from dac_tf import checkpoints
 from dac_tf import rundir
 from dac_tf import train
 
@@ -153,6 +156,47 @@ def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path
     fixed = run_train(model_dir, "--lr=0.05")
     assert fixed.code == 0, fixed.stderr
     assert json.loads((model_dir / "config.json").read_text())["lr"] == 0.05
+
+
+def test_an_epoch_that_overflows_the_weights_is_a_failed_epoch(tmp_path):
+    """The reported case: the one update of epoch 1 sends the weights to ~1e36 after
+    that batch's finite loss was logged; validation then scores NaN logits. The epoch
+    must fail (one line naming it, exit 2) and nothing of it may be saved."""
+    model_dir = tmp_path / "runs" / "overflow"
+    result = run_train(model_dir, "--lr=1e38", "--max_steps_per_epoch=1", "--nouse_dac")
+    assert_one_line_error(result, "epoch 1 ended with non-finite", "no checkpoint")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_later_epoch_keeps_the_previous_checkpoints_newest(tmp_path, monkeypatch):
+    """Epoch 2 ends with NaN weights (injected after its validation, so every logged
+    value is finite): it is not saved; epoch 1's checkpoints and row stay the newest, and
+    the same command continues from them."""
+    model_dir = tmp_path / "run"
+    original = callbacks.EpochInfo.on_epoch_end
+
+    def poison_epoch_2(self, epoch, logs=None):
+        if epoch == 1:
+            weight = self.model.base_model.trainable_variables[0]
+            weight.assign(np.full(weight.shape, np.nan, np.float32))
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.EpochInfo, "on_epoch_end", poison_epoch_2)
+    failed = run_train(model_dir)
+    assert_one_line_error(failed, "epoch 2 ended with non-finite weights",
+                          "the checkpoints of epoch 1 stay the newest")
+    state = rundir.inspect(str(model_dir))
+    assert state.last_epochs == (1,) and state.best_epochs == (1,)
+    assert [r["epoch"] for r in state.rows] == [1]
+    model, _ = checkpoints.load_model(str(model_dir), "last")
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert not (model_dir / rundir.LOCK_FILE).exists()
+
+    monkeypatch.setattr(callbacks.EpochInfo, "on_epoch_end", original)
+    resumed = run_train(model_dir)
+    assert resumed.code == 0, resumed.stderr
+    assert "Resuming" in resumed.stdout and "from epoch 1" in resumed.stdout
+    assert rundir.inspect(str(model_dir)).finished_epoch == 2
 
 
 @pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--epsilon=nan",
