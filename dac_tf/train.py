@@ -341,9 +341,10 @@ def train_and_evaluate(config):
         raise data.DatasetError(f"--dataset={config.dataset}: the training or test split "
                                 "is empty.")
     _check_against_data(config, splits)
-    steps = data.steps_per_epoch(len(splits.y_train), config.batch_size)
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
+    steps = _steps_per_epoch(len(splits.y_train), config.batch_size,
+                             config.max_steps_per_epoch)
+    if continuing:
+        _check_schedule_kept(config, state, len(splits.y_train))
 
     strategy = _make_checked_strategy(config)
 
@@ -360,6 +361,8 @@ def train_and_evaluate(config):
             # Another process may have written the run since the first look.
             state = rundir.inspect(config.model_dir)
             continuing = _check_resumable(config, state)
+            if continuing:
+                _check_schedule_kept(config, state, len(splits.y_train))
             _remove_leftovers(config.model_dir)
             if state.killed_in_first_save:
                 last_dir = os.path.join(config.model_dir, checkpoints.LAST_DIR)
@@ -402,6 +405,49 @@ def _list_first_checkpoint(last_dir):
         logger.setLevel(level)
 
 
+def _steps_per_epoch(train_size, batch_size, max_steps_per_epoch):
+    steps = data.steps_per_epoch(train_size, batch_size)
+    return min(steps, max_steps_per_epoch) if max_steps_per_epoch else steps
+
+
+def _check_schedule_kept(config, state, train_size):
+    """Refuses a resume that would change the learning rate of the epochs planned.
+
+    The schedule is a function of the batch index and, for `schedules.EPOCH_DEPENDENT`
+    schedules, of the run's epochs: such a run may not change --epochs (a longer cosine
+    would raise the rates of the epochs already trained), and no run but a constant-rate
+    one may change its batches per epoch (--max_steps_per_epoch), which moves every
+    epoch's batches to other rates. Writes nothing.
+
+    Raises:
+      ConfigError: naming the flag and what to do instead.
+    """
+    recorded = state.config
+    planned = int(recorded.get("epochs", config.epochs))
+    flagfile = os.path.join(config.model_dir, checkpoints.FLAGS_FILE)
+    rerun = f"python -m dac_tf.train --flagfile={flagfile} --model_dir=NEW_DIR"
+    if config.epochs != planned and schedules.depends_on_epochs(config.lr_schedule):
+        raise config_lib.ConfigError(
+            f"--resume --epochs={config.epochs}: --lr_schedule={config.lr_schedule} sets "
+            f"the rate of every batch from --epochs, so changing the {planned} planned "
+            "epochs would change the learning rate of epochs already planned. Nothing was "
+            f"changed. To train {config.epochs} epochs start a new run ({rerun} "
+            f"--epochs={config.epochs}); to stop earlier, stop this run after the epoch "
+            "you want (every finished epoch is saved).")
+    recorded_steps = _steps_per_epoch(train_size, config.batch_size,
+                                      int(recorded.get("max_steps_per_epoch") or 0))
+    steps = _steps_per_epoch(train_size, config.batch_size, config.max_steps_per_epoch)
+    if steps != recorded_steps and config.lr_schedule != "constant":
+        raise config_lib.ConfigError(
+            f"--resume --max_steps_per_epoch={config.max_steps_per_epoch} gives {steps} "
+            f"batches per epoch where the run has {recorded_steps}: the "
+            f"--lr_schedule={config.lr_schedule} rates are a function of the batch index, "
+            "so the epochs planned would train at other rates. Nothing was changed. "
+            "Resume with --max_steps_per_epoch="
+            f"{int(recorded.get('max_steps_per_epoch') or 0)}, or start a new run "
+            f"({rerun}).")
+
+
 def _first_missing_ancestor(path):
     """The outermost folder of `path` that does not exist yet (what makedirs creates),
     or None when `path` exists."""
@@ -430,10 +476,17 @@ def _complete(config, state):
     """A rerun of a finished run: report it, change nothing (not even the plots)."""
     key = rundir.selection_key(config.val_size > 0)
     best, value = rundir.best_epoch(state.rows, key)
+    if schedules.depends_on_epochs(config.lr_schedule):
+        longer = (f"--lr_schedule={config.lr_schedule} is planned over the run's epochs, "
+                  "so a longer run is a new one: python -m dac_tf.train --flagfile="
+                  f"{os.path.join(config.model_dir, checkpoints.FLAGS_FILE)} --epochs=N "
+                  "--model_dir=NEW_DIR")
+    else:
+        longer = ("pass --resume --epochs=N with a larger N (the added epochs follow the "
+                  f"same --lr_schedule={config.lr_schedule} formula)")
     print(f"{config.model_dir} is complete: {state.finished_epoch} of "
           f"{state.config.get('epochs')} epochs (best = epoch {best}, {key} {value:.4f}). "
-          "Nothing to do; to train longer pass --resume --epochs=N with a larger N.",
-          flush=True)
+          f"Nothing to do; to train longer, {longer}.", flush=True)
     return {"best_epoch": best, "best_" + key: value, "model_dir": config.model_dir,
             "last": dict(state.rows[-1]) if state.rows else None, "complete": True}
 

@@ -122,6 +122,45 @@ def test_rerunning_a_finished_run_says_complete_and_writes_nothing(run_copy):
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 2
 
 
+def test_a_resume_never_replans_an_epoch_dependent_schedule(tmp_path):
+    """The quickstart case: a finished cosine run resumed with more epochs used to
+    restart from a rate near lr (0 -> 0.0073). Refused, with what to do; nothing
+    changed; the 'complete' message no longer suggests it."""
+    model_dir = tmp_path / "cosine"
+    assert run_train(model_dir, "--epochs=1", "--lr_schedule=cosine").code == 0
+    before = clitools.tree_hashes(model_dir)
+    complete = run_train(model_dir, "--epochs=1", "--lr_schedule=cosine")
+    assert "--resume --epochs" not in complete.stdout
+    assert f"--flagfile={model_dir / 'flags.cfg'} --epochs=N" in complete.stdout
+    for epochs in (2, 5):
+        result = run_train(model_dir, f"--epochs={epochs}", "--lr_schedule=cosine",
+                           "--resume")
+        assert_one_line_error(result, f"--epochs={epochs}", "--lr_schedule=cosine",
+                              "start a new run", "--flagfile=")
+        assert clitools.tree_hashes(model_dir) == before
+
+
+def test_a_resume_keeps_every_batch_at_its_planned_rate(tmp_path):
+    """piecewise_trades drops at fixed epochs: more epochs continue the same formula
+    and are allowed; other batches per epoch would move every batch to another rate
+    and are refused."""
+    model_dir = tmp_path / "trades"
+    flags = ("--lr_schedule=piecewise_trades",)
+    assert run_train(model_dir, "--epochs=1", *flags).code == 0
+    before = clitools.tree_hashes(model_dir)
+    result = run_train(model_dir, "--epochs=2", "--max_steps_per_epoch=2", "--resume",
+                       *flags)
+    assert_one_line_error(result, "--max_steps_per_epoch=2", "2 batches per epoch where "
+                          "the run has 3", "--max_steps_per_epoch=3")
+    assert clitools.tree_hashes(model_dir) == before
+    result = run_train(model_dir, "--epochs=2", "--resume", *flags)
+    assert result.code == 0, result.stderr
+    rows = rundir.read_metrics(str(model_dir))
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # The rate of epoch 2 (batches 3..5) is the formula's: lr before epoch 75.
+    assert rows[1]["lr"] == pytest.approx(0.05)
+
+
 def test_a_resume_removes_what_killed_writers_left(run_copy):
     (run_copy / "metrics.csv.tmp-123-abcd").write_text("half")
     (run_copy / "checkpoints" / "ckpt-3_temp").mkdir()
