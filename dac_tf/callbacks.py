@@ -250,19 +250,73 @@ class StopOnNonFiniteEpoch(keras.callbacks.Callback):
 
 
 class EpochInfo(keras.callbacks.Callback):
-    """Adds `lr` (the rate of the epoch's last batch) and `epoch_seconds` to the logs.
+    """Adds `lr` and `epoch_seconds` to the logs.
 
-    Put it after the validation callbacks so the time includes the evaluation.
+    `lr` is the learning rate the epoch's first batch trained with (a schedule may lower
+    it within the epoch: `piecewise_at` at its boundary batch, `cosine` at every batch):
+    the optimizer's rate read before the epoch's first update, not the rate after the
+    epoch (which is the next epoch's). Put it after the validation callbacks so the time
+    includes the evaluation.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
         self._began = time.time()
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["lr"] = self._lr
         logs["epoch_seconds"] = time.time() - self._began
+
+
+class SplitTensorBoard(keras.callbacks.Callback):
+    """Writes every epoch's logs to TensorBoard, one run per split.
+
+    A key `val_NAME` goes to the run `validation`, `test_NAME` to the run `test` (as NAME,
+    so the splits share one chart), every other key to `train`; each as the scalar
+    `epoch_NAME` (Keras' naming) at step = the epoch counted from 1 (metrics.csv's).
+    Unlike `keras.callbacks.TensorBoard` it adds nothing of its own: no second
+    learning-rate key read after the epoch (log the epoch's own rate, `EpochInfo`'s
+    `lr`), and `test_` keys in their own run instead of under `train`.
+
+    Args:
+      log_dir: the TensorBoard directory (any `tf.io.gfile` path).
+    """
+
+    RUNS = (("val_", "validation"), ("test_", "test"))
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, run):
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(f"{self.log_dir}/{run}")
+        return self._writers[run]
+
+    def on_epoch_end(self, epoch, logs=None):
+        by_run = {}
+        for key, value in (logs or {}).items():
+            if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
+                continue
+            run, name = "train", key
+            for prefix, split_run in self.RUNS:
+                if key.startswith(prefix):
+                    run, name = split_run, key[len(prefix):]
+            by_run.setdefault(run, {})[name] = float(value)
+        for run, values in by_run.items():
+            writer = self._writer(run)
+            with writer.as_default(step=epoch + 1):
+                for name, value in values.items():
+                    tf.summary.scalar(f"epoch_{name}", value)
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

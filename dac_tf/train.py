@@ -304,9 +304,8 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
         chain.append(keras.callbacks.LambdaCallback(on_epoch_end=write_row))
     chain += [callbacks.EpochCheckpoint(save_manager, epoch_var), best]
     if chief:
-        chain.append(keras.callbacks.TensorBoard(
-            os.path.join(config.model_dir, "tensorboard"), write_graph=False,
-            profile_batch=0, update_freq="epoch"))
+        chain.append(callbacks.SplitTensorBoard(os.path.join(config.model_dir,
+                                                             "tensorboard")))
     chain.append(keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: print(
             _summary_line(epoch + 1, logs, select_key, best), flush=True)))

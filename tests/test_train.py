@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -144,6 +145,51 @@ def test_end_to_end_run_writes_everything(tmp_path):
     # Same model_dir, different flags: refused without --resume.
     again = run_cli(tiny_flags(model_dir, lr=0.01))
     assert again.returncode != 0 and "--lr" in again.stderr and "Traceback" not in again.stderr
+
+
+def _tensorboard_scalars(log_dir):
+    """{run: {tag: [(step, value)]}} of the event files under `log_dir`."""
+    import tensorflow as tf
+    scalars = {}
+    for run in sorted(os.listdir(log_dir)):
+        for name in sorted(os.listdir(os.path.join(log_dir, run))):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, run, name)):
+                for value in event.summary.value:
+                    number = float(tf.make_ndarray(value.tensor)) if value.HasField(
+                        "tensor") else value.simple_value
+                    scalars.setdefault(run, {}).setdefault(value.tag, []).append(
+                        (event.step, number))
+    return scalars
+
+
+def test_logs_say_what_each_epoch_trained_with(tmp_path):
+    """`lr` is the rate of the epoch's first batch (a cosine schedule lowers it at every
+    batch; the rate after the epoch, which the logs used to show, is the next epoch's),
+    TensorBoard has one learning-rate key, and the test metrics have their own run."""
+    model_dir = tmp_path / "run"
+    epochs, steps, lr = 3, 4, 0.05
+    result = run_cli(tiny_flags(model_dir, epochs=epochs, max_steps_per_epoch=steps,
+                                lr=lr, lr_schedule="cosine", num_steps=1))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = rundir.read_metrics(str(model_dir))
+    for row in rows:
+        first_batch = (row["epoch"] - 1) * steps
+        expected = lr * 0.5 * (1 + math.cos(math.pi * first_batch / (epochs * steps)))
+        assert row["lr"] == pytest.approx(expected, rel=1e-5), row
+    assert rows[0]["lr"] == pytest.approx(lr)
+    scalars = _tensorboard_scalars(model_dir / "tensorboard")
+    assert set(scalars) == {"train", "validation", "test"}
+    rate_tags = [t for run in scalars.values() for t in run
+                 if "lr" in t or "learning_rate" in t]
+    assert rate_tags == ["epoch_lr"]
+    assert [v for _, v in scalars["train"]["epoch_lr"]] == pytest.approx(
+        [r["lr"] for r in rows])
+    assert not [t for t in scalars["train"] if "test" in t or "robust" in t]
+    for run, prefix in (("validation", "val"), ("test", "test")):
+        steps_logged, values = zip(*scalars[run]["epoch_robust_accuracy"])
+        assert list(steps_logged) == [r["epoch"] for r in rows]
+        assert list(values) == pytest.approx(
+            [r[f"{prefix}_robust_accuracy"] for r in rows], rel=1e-5)
 
 
 @pytest.mark.slow   # a real process killed mid-run, then two trainings
