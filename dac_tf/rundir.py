@@ -78,12 +78,17 @@ def row_from_logs(epoch, logs):
 
 
 def write_metrics(model_dir, rows):
-    """Writes every row (dicts keyed by METRIC_COLUMNS; None = empty) atomically."""
+    """Writes every row atomically: the METRIC_COLUMNS, then any other column the rows
+    hold (a user's, read back by `read_metrics`) in the order first seen; None or a
+    missing key is an empty cell."""
+    extra = [k for k in dict.fromkeys(k for row in rows for k in row)
+             if k not in METRIC_COLUMNS and isinstance(k, str)]
+    columns = list(METRIC_COLUMNS) + extra
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _format_cell(row.get(k)) for k in METRIC_COLUMNS})
+        writer.writerow({k: _format_cell(row.get(k)) for k in columns})
     fileio.write_atomic(metrics_path(model_dir), buffer.getvalue())
 
 
@@ -100,11 +105,14 @@ def read_metrics(model_dir):
 
     Returns:
       A list of rows sorted by epoch, each a dict column -> float (None for an empty
-      cell); every column of METRIC_COLUMNS is present. [] when there is no file.
+      cell); every column of METRIC_COLUMNS is present. A column dac_tf does not write
+      (one a user added) is kept as text, so `write_metrics` writes it back unchanged.
+      [] when there is no file.
 
     Raises:
       RunDirError: the file is unreadable, not a CSV with an epoch column, or holds a
-        cell that is not a number (the message names the line and column).
+        cell of a METRIC_COLUMNS column that is not a number (the message names the line
+        and column).
     """
     path = metrics_path(model_dir)
     if not tf.io.gfile.exists(path):
@@ -134,6 +142,9 @@ def read_metrics(model_dir):
         for name, cell in record.items():
             if name is None or cell is None or cell.strip() == "":
                 continue   # a short row, an overlong one, or an empty cell
+            if name not in METRIC_COLUMNS:
+                row[name] = cell   # a user's column: kept verbatim
+                continue
             try:
                 row[name] = float(cell)
             except ValueError:
@@ -148,12 +159,13 @@ def read_metrics(model_dir):
 
 
 def metrics_arrays(rows):
-    """Rows of `read_metrics` as dict column -> float64 array (NaN for empty cells)."""
+    """Rows of `read_metrics` as dict column -> float64 array (NaN for empty cells), for
+    the METRIC_COLUMNS (a user's text columns are left out)."""
     columns = {name: np.full(len(rows), np.nan) for name in METRIC_COLUMNS}
     for i, row in enumerate(rows):
-        for name, value in row.items():
-            if value is not None:
-                columns.setdefault(name, np.full(len(rows), np.nan))[i] = value
+        for name in METRIC_COLUMNS:
+            if row.get(name) is not None:
+                columns[name][i] = row[name]
     return columns
 
 

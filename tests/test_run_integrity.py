@@ -6,6 +6,7 @@ what a user would look at: the exit code, the one-line message, and that the fil
 real run are untouched (hashes before and after).
 """
 
+import csv
 import json
 import os
 import shutil
@@ -159,6 +160,28 @@ def test_a_resume_keeps_every_batch_at_its_planned_rate(tmp_path):
     assert [r["epoch"] for r in rows] == [1, 2]
     # The rate of epoch 2 (batches 3..5) is the formula's: lr before epoch 75.
     assert rows[1]["lr"] == pytest.approx(0.05)
+
+
+def test_columns_a_user_added_to_metrics_csv_survive_a_resume(run_copy):
+    path = run_copy / "metrics.csv"
+    with open(path, newline="") as f:
+        records = list(csv.DictReader(f))
+    notes = ['looks fine', 'spike, "check" lr']         # a comma and quotes: CSV-quoted
+    for record, note, score in zip(records, notes, ("0.5", "7e-3")):
+        record.update(note=note, my_score=score)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert result.code == 0, result.stderr
+    with open(path, newline="") as f:
+        after = list(csv.DictReader(f))
+    assert [r["epoch"] for r in after] == ["1", "2", "3"]
+    assert [r["note"] for r in after] == notes + [""]
+    assert [r["my_score"] for r in after] == ["0.5", "7e-3", ""]
+    for old, new in zip(records, after):            # the known columns are unchanged
+        assert all(new[k] == old[k] for k in rundir.METRIC_COLUMNS)
 
 
 def test_a_resume_removes_what_killed_writers_left(run_copy):
