@@ -436,6 +436,19 @@ def test_a_second_training_on_a_live_run_is_refused_and_a_killed_one_restarts(tm
     assert not (model_dir / rundir.LOCK_FILE).exists()
 
 
+@pytest.mark.slow   # ~15 s of MirroredStrategy tracing; the step: tests/test_distribute.py
+def test_a_batch_that_does_not_split_over_the_replicas_trains(tmp_path):
+    """`--cpu_replicas=2 --batch_size=63` (32 + 31 per batch) used to stop at the first
+    batch with an AddN traceback from Keras' build; the step is exact for any split
+    (tests/test_distribute.py compares it with one device)."""
+    result = run_train(tmp_path / "run", "--cpu_replicas=2", "--batch_size=63",
+                       "--max_steps_per_epoch=2", "--epochs=1", "--num_steps=1",
+                       "--select_steps=1", "--eval_examples=16")
+    assert result.code == 0, result.stderr
+    (row,) = rundir.read_metrics(str(tmp_path / "run"))
+    assert np.isfinite(row["train_loss"]) and 0 <= row["val_robust_accuracy"] <= 1
+
+
 @pytest.mark.slow   # a full epoch on 2 replicas; tests/test_distribute.py covers the step
 def test_two_replicas_with_a_last_batch_of_one_example_train_to_the_end(tmp_path):
     """The reported case: quickstart's digits with --val_size=221 leave 1217 training
