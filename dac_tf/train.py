@@ -351,6 +351,9 @@ def train_and_evaluate(config):
     try:
         tf.io.gfile.makedirs(config.model_dir)
     except (OSError, tf.errors.OpError) as e:
+        # makedirs may have made some of the folders before the one that failed (a path
+        # longer than PATH_MAX, a name longer than NAME_MAX): a refused start leaves none.
+        _remove_empty_folders(config.model_dir, created)
         raise rundir.RunDirError(f"--model_dir={config.model_dir} cannot be created: "
                                  f"{fileio.first_line(e)}.") from None
     lock = rundir.RunLock(config.model_dir)
@@ -445,6 +448,34 @@ def _check_schedule_kept(config, state, train_size):
             "Resume with --max_steps_per_epoch="
             f"{int(recorded.get('max_steps_per_epoch') or 0)}, or start a new run "
             f"({rerun}).")
+
+
+def _remove_empty_folders(path, outermost):
+    """Removes the empty folders from `path` up to `outermost` (deepest first).
+
+    A folder that cannot be reached (a path too long), is missing or holds anything is
+    left alone, and so are the folders above it.
+    """
+    if outermost is None:
+        return
+    path, outermost = os.path.normpath(path), os.path.normpath(outermost)
+    chain = [path]
+    while chain[-1] != outermost and os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+    if chain[-1] != outermost:
+        return   # `outermost` is not above `path`: nothing of ours to remove
+    for folder in chain:
+        try:
+            if not tf.io.gfile.isdir(folder):
+                continue   # never created, or too long to reach
+            if tf.io.gfile.listdir(folder):
+                return
+            if fileio.is_local(folder):
+                os.rmdir(folder)   # fails rather than remove anything put there since
+            else:
+                tf.io.gfile.rmtree(folder)
+        except (OSError, tf.errors.OpError):
+            return
 
 
 def _first_missing_ancestor(path):

@@ -206,6 +206,22 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     assert not model_dir.exists()
 
 
+@pytest.mark.parametrize("case", ["longer_than_path_max", "name_longer_than_name_max",
+                                  "parent_is_a_file"])
+def test_a_model_dir_that_cannot_be_created_leaves_no_folder(tmp_path, case):
+    """makedirs creates the folders it can before the one that fails: a path longer
+    than PATH_MAX used to leave ~20 empty nested folders behind its one-line error."""
+    (tmp_path / "file").write_text("x")
+    model_dir = {
+        "longer_than_path_max": tmp_path / "a" / "/".join(["d" * 200] * 25),
+        "name_longer_than_name_max": tmp_path / "a" / "b" / ("c" * 300),
+        "parent_is_a_file": tmp_path / "file" / "run",
+    }[case]
+    result = run_train(model_dir)
+    assert_one_line_error(result, "cannot be created")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path):
     model_dir = tmp_path / "runs" / "nan"
     failed = run_train(model_dir, "--lr=1e30")
