@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -100,6 +101,23 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, expected):
     assert expected in result.stderr
     error_lines = [l for l in result.stderr.splitlines() if "rror" in l]
     assert len(error_lines) >= 1 and len(error_lines[-1]) < 600
+
+
+def test_help_marks_the_flags_resume_may_change():
+    """`--resume`'s help refers to "the flags marked [resumable]": exactly the flags
+    `--resume` accepts a change of carry that mark in `--help`."""
+    result = clitools.run_main(train, ["--help"])
+    assert result.code == 0
+    text = " ".join(result.stdout.split())
+    assert f"marked {config_lib.RESUMABLE_MARK} to change" in text
+    marked = set()
+    for block in re.split(r"\s(?=--(?:\[no\])?[a-z_]+: )", text):
+        match = re.match(r"--(?:\[no\])?([a-z_]+): ", block)
+        if match and block.rstrip().count(config_lib.RESUMABLE_MARK) and \
+                match.group(1) != "resume":
+            marked.add(match.group(1))
+    assert marked == set(train.RESUME_MAY_CHANGE) == {
+        "epochs", "eval_examples", "max_steps_per_epoch", "jit_compile"}
 
 
 # -------------------------------------------------------------- end to end
