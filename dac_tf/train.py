@@ -268,9 +268,10 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
     """The training loop's callbacks, in the order they run at each epoch's end.
 
     Validation (selection split, then test) adds its values to the logs; then the
-    epoch's lr and time; then the check that everything is finite; then the metrics row, `last` and `best` are written in that
-    order (what `rundir.resume_problems` relies on after a kill); then TensorBoard and
-    the summary line.
+    epoch's lr and time; then the check that everything is finite (a failed epoch stops
+    here, unsaved); then the metrics row, `last` and `best` are written in that order
+    (what `rundir.resume_problems` relies on after a kill); then TensorBoard and the
+    summary line.
     """
     save_manager, best_manager = managers
     best_epoch, best_value = rundir.best_epoch(rows, select_key)
