@@ -21,6 +21,7 @@ import pytest
 import clitools
 from dac_tf import callbacks
 from dac_tf import checkpoints
+from dac_tf import config as config_lib
 from dac_tf import rundir
 from dac_tf import train
 
@@ -123,30 +124,42 @@ def test_rerunning_a_finished_run_says_complete_and_writes_nothing(run_copy):
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 2
 
 
-def test_a_resume_never_replans_an_epoch_dependent_schedule(tmp_path):
-    """The quickstart case: a finished cosine run resumed with more epochs used to
-    restart from a rate near lr (0 -> 0.0073). Refused, with what to do; nothing
-    changed; the 'complete' message no longer suggests it."""
-    model_dir = tmp_path / "cosine"
-    assert run_train(model_dir, "--epochs=1", "--lr_schedule=cosine").code == 0
-    before = clitools.tree_hashes(model_dir)
-    complete = run_train(model_dir, "--epochs=1", "--lr_schedule=cosine")
-    assert "--resume --epochs" not in complete.stdout
-    assert f"--flagfile={model_dir / 'flags.cfg'} --epochs=N" in complete.stdout
-    for epochs in (2, 5):
-        result = run_train(model_dir, f"--epochs={epochs}", "--lr_schedule=cosine",
-                           "--resume")
-        assert_one_line_error(result, f"--epochs={epochs}", "--lr_schedule=cosine",
-                              "start a new run", "--flagfile=")
-        assert clitools.tree_hashes(model_dir) == before
+def _state(**recorded):
+    return rundir.RunState(exists=True, config=recorded, last_epochs=(1,),
+                           checkpoint_files=(1,), best_epochs=(1,), rows=())
 
 
+@pytest.mark.parametrize("schedule, flags, refused", [
+    ("cosine", dict(epochs=3), "--epochs=3"),
+    ("piecewise_at", dict(epochs=1), "--epochs=1"),
+    ("piecewise_trades", dict(epochs=120), None),
+    ("constant", dict(epochs=3, max_steps_per_epoch=2), None),
+    ("piecewise_trades", dict(max_steps_per_epoch=2), "--max_steps_per_epoch=2"),
+    ("cosine", dict(max_steps_per_epoch=50), None),      # >= the 10 batches: no change
+    ("piecewise_at", dict(max_steps_per_epoch=0), None),
+])
+def test_the_resume_rule_keeps_every_planned_batch_rate(schedule, flags, refused):
+    """A run planned as 2 epochs of 10 batches (1280 examples in batches of 128)."""
+    values = dict(method="at", lr_schedule=schedule, epochs=2, batch_size=128,
+                  max_steps_per_epoch=0, model_dir="run")
+    values.update(flags)
+    config = config_lib.resolve(values)
+    state = _state(epochs=2, max_steps_per_epoch=0, lr_schedule=schedule)
+    if refused is None:
+        train._check_schedule_kept(config, state, train_size=1280)
+    else:
+        with pytest.raises(config_lib.ConfigError, match=refused):
+            train._check_schedule_kept(config, state, train_size=1280)
+
+
+@pytest.mark.slow   # two trainings; the rule itself: the test above
 def test_a_resume_keeps_every_batch_at_its_planned_rate(tmp_path):
     """piecewise_trades drops at fixed epochs: more epochs continue the same formula
     and are allowed; other batches per epoch would move every batch to another rate
     and are refused."""
     model_dir = tmp_path / "trades"
-    flags = ("--lr_schedule=piecewise_trades",)
+    flags = ("--lr_schedule=piecewise_trades", "--num_steps=1", "--select_steps=1",
+             "--eval_examples=16", "--val_size=0")
     assert run_train(model_dir, "--epochs=1", *flags).code == 0
     before = clitools.tree_hashes(model_dir)
     result = run_train(model_dir, "--epochs=2", "--max_steps_per_epoch=2", "--resume",
@@ -249,8 +262,8 @@ def test_an_epoch_that_overflows_the_weights_is_a_failed_epoch(tmp_path):
 
 def test_a_failed_later_epoch_keeps_the_previous_checkpoints_newest(tmp_path, monkeypatch):
     """Epoch 2 ends with NaN weights (injected after its validation, so every logged
-    value is finite): it is not saved; epoch 1's checkpoints and row stay the newest, and
-    the same command continues from them."""
+    value is finite): it is not saved; epoch 1's checkpoints and row stay the newest (a
+    run directory any resume continues from, tested above)."""
     model_dir = tmp_path / "run"
     original = callbacks.EpochInfo.on_epoch_end
 
@@ -261,7 +274,8 @@ def test_a_failed_later_epoch_keeps_the_previous_checkpoints_newest(tmp_path, mo
         return original(self, epoch, logs)
 
     monkeypatch.setattr(callbacks.EpochInfo, "on_epoch_end", poison_epoch_2)
-    failed = run_train(model_dir)
+    cheap = ("--num_steps=1", "--select_steps=1", "--eval_examples=16", "--val_size=0")
+    failed = run_train(model_dir, *cheap)
     assert_one_line_error(failed, "epoch 2 ended with non-finite weights",
                           "the checkpoints of epoch 1 stay the newest")
     state = rundir.inspect(str(model_dir))
@@ -271,11 +285,6 @@ def test_a_failed_later_epoch_keeps_the_previous_checkpoints_newest(tmp_path, mo
     assert all(np.all(np.isfinite(w)) for w in model.get_weights())
     assert not (model_dir / rundir.LOCK_FILE).exists()
 
-    monkeypatch.setattr(callbacks.EpochInfo, "on_epoch_end", original)
-    resumed = run_train(model_dir)
-    assert resumed.code == 0, resumed.stderr
-    assert "Resuming" in resumed.stdout and "from epoch 1" in resumed.stdout
-    assert rundir.inspect(str(model_dir)).finished_epoch == 2
 
 
 @pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--epsilon=nan",

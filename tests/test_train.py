@@ -5,6 +5,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,22 +181,32 @@ def _tensorboard_scalars(log_dir):
     return scalars
 
 
-def test_logs_say_what_each_epoch_trained_with(tmp_path):
+COSINE = dict(epochs=3, max_steps_per_epoch=3, lr=0.05, lr_schedule="cosine",
+              num_steps=1, select_steps=1, eval_examples=32)
+
+
+@pytest.fixture(scope="module")
+def cosine_run(tmp_path_factory):
+    """A finished 3-epoch run whose learning rate falls at every batch."""
+    model_dir = tmp_path_factory.mktemp("cosine") / "run"
+    result = run_cli(tiny_flags(model_dir, **COSINE))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return model_dir
+
+
+def test_logs_say_what_each_epoch_trained_with(cosine_run):
     """`lr` is the rate of the epoch's first batch (a cosine schedule lowers it at every
     batch; the rate after the epoch, which the logs used to show, is the next epoch's),
     TensorBoard has one learning-rate key, and the test metrics have their own run."""
-    model_dir = tmp_path / "run"
-    epochs, steps, lr = 3, 4, 0.05
-    result = run_cli(tiny_flags(model_dir, epochs=epochs, max_steps_per_epoch=steps,
-                                lr=lr, lr_schedule="cosine", num_steps=1))
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows = rundir.read_metrics(str(model_dir))
+    epochs, steps, lr = COSINE["epochs"], COSINE["max_steps_per_epoch"], COSINE["lr"]
+    rows = rundir.read_metrics(str(cosine_run))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     for row in rows:
         first_batch = (row["epoch"] - 1) * steps
         expected = lr * 0.5 * (1 + math.cos(math.pi * first_batch / (epochs * steps)))
         assert row["lr"] == pytest.approx(expected, rel=1e-5), row
     assert rows[0]["lr"] == pytest.approx(lr)
-    scalars = _tensorboard_scalars(model_dir / "tensorboard")
+    scalars = _tensorboard_scalars(cosine_run / "tensorboard")
     assert set(scalars) == {"train", "validation", "test"}
     rate_tags = [t for run in scalars.values() for t in run
                  if "lr" in t or "learning_rate" in t]
@@ -208,6 +219,28 @@ def test_logs_say_what_each_epoch_trained_with(tmp_path):
         assert list(steps_logged) == [r["epoch"] for r in rows]
         assert list(values) == pytest.approx(
             [r[f"{prefix}_robust_accuracy"] for r in rows], rel=1e-5)
+
+
+def test_a_resume_never_replans_an_epoch_dependent_schedule(cosine_run, tmp_path):
+    """The quickstart case: a finished cosine run resumed with more epochs used to
+    restart from a rate near lr (0 -> 0.0073). Refused, with what to do; nothing
+    changed; the 'complete' message no longer suggests it."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(cosine_run, model_dir)
+    before = clitools.tree_hashes(model_dir)
+    complete = run_cli(tiny_flags(model_dir, **COSINE))
+    assert complete.returncode == 0 and "is complete: 3 of 3" in complete.stdout
+    assert "--resume --epochs" not in complete.stdout
+    assert f"--flagfile={model_dir / 'flags.cfg'} --epochs=N" in complete.stdout
+    for epochs in (4, 10):
+        result = run_cli(tiny_flags(model_dir, **dict(COSINE, epochs=epochs), resume=True))
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        for needle in (f"--epochs={epochs}", "--lr_schedule=cosine", "start a new run",
+                       "--flagfile="):
+            assert needle in lines[0], lines[0]
+        assert clitools.tree_hashes(model_dir) == before
 
 
 @pytest.mark.slow   # a real process killed mid-run, then two trainings
