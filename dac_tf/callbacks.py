@@ -17,8 +17,8 @@ callback (checkpointing, early stopping, CSV, TensorBoard) sees them.
 `robust_accuracy`/`clean_accuracy` are maximised and `adv_certainty` minimised by
 Keras' `mode="auto"` (`METRIC_DIRECTIONS`).
 
-The other callbacks are the training CLI's own pieces (the non-finite loss stop,
-checkpoints, progress); they are public so that a custom loop can drive the same list
+The other callbacks are the training CLI's own pieces (the non-finite loss and epoch
+stops, checkpoints, progress, TensorBoard with a run per split); they are public so that a custom loop can drive the same list
 (the multi-worker path does: Keras' `fit` does not run under
 `MultiWorkerMirroredStrategy`).
 """
