@@ -27,8 +27,9 @@ repeated: the device-bound rate) and `tfds_like` (`dac_tf.data.train_dataset` wi
 method's augmentation on `--pipeline_examples` random uint8 images held in memory, as
 for CIFAR-10; also adds an `input` row timing the pipeline alone), to show whether the
 input pipeline starves the device. `--include_eval` adds a PGD-20 evaluation row per
-(arch, batch, mode): `attacks.pgd` with BatchNorm in inference mode inside one
-`tf.function`.
+(arch, batch, mode): the CleverHans PGD that `python -m dac_tf.evaluate` runs
+(`dac_tf.evaluation.attacks`, BatchNorm in inference mode), one batch through the same
+call as the evaluation's (`run_batched` over `make_batch_fn`).
 
 A configuration that fails (XLA not compiling, out of memory, ...) is recorded with
 `img_per_s: null` and a one-line `error`, and the benchmark goes on; XLA rows run after
@@ -37,8 +38,9 @@ all the others, so an XLA failure that leaves the device unusable costs no other
 (`--output`) is rewritten after every row, so a run cut short keeps what it measured.
 The table is printed last, with the DAC/no-DAC cost ratio per configuration, the
 `reference_bn_updates` cost ratio (with / without, from `--reference_bn_updates=both`) and
-the arithmetic floor from `forward_flops` (computed from the layers, at an assumed
-`--peak_tflops`: an assumption, not a measurement).
+the arithmetic per image from `forward_flops` (computed from the layers). An arithmetic
+floor in images/s needs the device's sustained rate, which is not assumed: it is shown
+only when `--peak_tflops` gives one.
 
 Peak memory: on a GPU, `tf.config.experimental.get_memory_info("GPU:0")["peak"]`, reset
 before each row. On a CPU there is no per-row counter: the column is the process's
@@ -60,13 +62,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dac_tf import attacks
 from dac_tf import cli
 from dac_tf import data
 from dac_tf import errors
 from dac_tf import fileio
 from dac_tf import models
 from dac_tf import objectives
+from dac_tf.evaluation import attacks as attack_lib
+from dac_tf.evaluation import loading
 from dac_tf.model import DACModel
 from dac_tf.optimizers import TorchSGD
 
@@ -78,10 +81,6 @@ USE_DAC = ("both", "on", "off")
 REFERENCE_BN_UPDATES = ("both", "on", "off")
 _ON_OFF = {"both": (False, True), "on": (True,), "off": (False,)}
 ARCHITECTURES = ("preact_resnet18", "wide_resnet34_10", "small_cnn")
-# An assumed sustained dense matmul rate for an H100 in bf16, in TFLOP/s: below the
-# datasheet peak (989 dense bf16 on SXM, 756 on PCIe) because convolutions of CIFAR
-# sizes never reach it. Only used to express the arithmetic floor as images/s.
-DEFAULT_PEAK_TFLOPS = 400.0
 # The paper's evaluation attack: PGD-20, L-inf 8/255, step 2/255, uniform start.
 EVAL_EPSILON = 8 / 255
 EVAL_STEP_SIZE = 2 / 255
@@ -218,7 +217,8 @@ class BenchConfig:
       num_steps: attack steps of the training attack.
       pipeline_examples: in-memory images of the tfds_like pipeline.
       num_classes: logits of the models (random labels are drawn below it).
-      peak_tflops: assumed sustained rate of the FLOP floor.
+      peak_tflops: the device's sustained rate (TFLOP/s) for the arithmetic floor;
+        0: unknown, no floor.
       steps_per_execution: Keras `steps_per_execution` of the train function.
       profile_dir, profile_steps: profile this many extra steps of each row there.
       time_budget_s: start no row after this many seconds (0: no limit).
@@ -242,7 +242,7 @@ class BenchConfig:
     pipelines: tuple = ("synthetic",)
     pipeline_examples: int = 50_000
     num_classes: int = 10
-    peak_tflops: float = DEFAULT_PEAK_TFLOPS
+    peak_tflops: float = 0.0
     steps_per_execution: int = 1
     profile_dir: str = ""
     profile_steps: int = 3
@@ -285,8 +285,9 @@ class BenchConfig:
         if "tfds_like" in self.pipelines and self.pipeline_examples < max(self.batch_sizes):
             raise BenchError(f"--pipeline_examples={self.pipeline_examples} is smaller than "
                              f"the batch size {max(self.batch_sizes)}.")
-        if self.peak_tflops <= 0:
-            raise BenchError(f"--peak_tflops must be positive, got {self.peak_tflops}.")
+        if not self.peak_tflops >= 0:
+            raise BenchError(f"--peak_tflops must be >= 0 (0: no floor), got "
+                             f"{self.peak_tflops}.")
 
 
 # --------------------------------------------------------------------- device
@@ -389,32 +390,47 @@ def make_train_runner(spec, config):
 
 
 def make_eval_runner(spec, config):
-    """Returns `run(n)`: n batches of PGD-`eval_pgd_steps` + final forward, BN inference."""
+    """Returns `run(n)`: n batches of the evaluation's PGD-`eval_pgd_steps` (CleverHans,
+    BatchNorm in inference mode) on a random model, as `dac_tf.evaluate` runs them."""
     keras.utils.set_random_seed(config.seed)
     base = _build_base(spec["arch"], "trades", config)
     batch = spec["batch_size"]
-    device = "/GPU:0" if tf.config.list_physical_devices("GPU") else "/CPU:0"
-    with tf.device(device):
-        images = tf.constant(_random_images(batch, config.seed).astype(np.float32) / 255.0)
-        labels = tf.constant(_random_labels(batch, config.num_classes, config.seed))
-    seed = tf.constant([config.seed, 1], tf.int64)
+    images = _random_images(batch, config.seed).astype(np.float32) / 255.0
+    labels = _random_labels(batch, config.num_classes, config.seed)
+    return pgd_eval_runner(base, images, labels, num_steps=config.eval_pgd_steps,
+                           seed=config.seed, jit_compile=spec["mode"].endswith("xla"))
 
-    def logits_fn(t):
-        return tf.cast(base(t, training=False), tf.float32)
 
-    @tf.function(jit_compile=spec["mode"].endswith("xla"))
-    def eval_step(images, labels, seed):
-        adv = attacks.pgd(logits_fn, images, labels, epsilon=EVAL_EPSILON,
-                          step_size=EVAL_STEP_SIZE, num_steps=config.eval_pgd_steps,
-                          start="uniform", seed=seed)
-        correct = tf.equal(tf.argmax(logits_fn(adv), -1, output_type=tf.int32), labels)
-        return tf.reduce_sum(tf.cast(correct, tf.int32))
+def pgd_eval_runner(model, images, labels, *, num_steps, seed=0, jit_compile=False):
+    """`run(n)`: n times the evaluation's PGD-`num_steps` on one batch, returning the
+    number of examples still classified correctly (the last time).
+
+    The attack is `python -m dac_tf.evaluate`'s `pgdK` at the paper's L-inf 8/255 with
+    step 2/255 and a uniform start: `dac_tf.evaluation.attacks.make_batch_fn` called
+    through `run_batched` with the seed of the evaluation's first batch, so one batch
+    here computes exactly the evaluation's first batch (tested).
+
+    Args:
+      model: a Keras model mapping [0, 1] images to logits.
+      images, labels: one batch (NumPy, float32 in [0, 1] and int32).
+      num_steps: PGD steps.
+      seed: the evaluation's `--seed`.
+      jit_compile: compile the attack with XLA (`--jit_compile` of evaluate).
+    """
+    spec = attack_lib.parse_attacks(f"pgd{int(num_steps)}")[0]
+    settings = attack_lib.attack_settings(spec, epsilon=EVAL_EPSILON,
+                                          step_size=EVAL_STEP_SIZE, seed=seed,
+                                          batch_size=len(labels))
+    batch_fn = attack_lib.make_batch_fn(loading.keras_logits_fn(model), settings,
+                                        jit_compile)
+    seed_base = attack_lib.attack_seed(seed, spec.kind)
 
     def run(num):
-        total = tf.constant(0, tf.int32)
+        out = None
         for _ in range(num):
-            total = total + eval_step(images, labels, seed)
-        return total
+            out = attack_lib.run_batched(batch_fn, images, labels, batch_size=len(labels),
+                                         seed_base=seed_base)
+        return int(np.sum(out["correct"]))
 
     return run
 
@@ -556,7 +572,8 @@ def _flop_fields(spec, config, forward_by_arch):
         flops = step_flops(forward, spec["method"], spec["use_dac"], config.num_steps,
                            reference_bn_updates=spec["reference_bn_updates"])
     return {"gflop_per_image": flops / 1e9,
-            "floor_img_per_s": config.peak_tflops * 1e12 / flops}
+            "floor_img_per_s": (config.peak_tflops * 1e12 / flops if config.peak_tflops
+                                else None)}
 
 
 def arch_forward_flops(arch, num_classes=10):
@@ -609,11 +626,13 @@ def _fmt(value, spec="{:,.0f}"):
     return "-" if value is None else spec.format(value)
 
 
-def format_table(rows, peak_tflops=DEFAULT_PEAK_TFLOPS):
-    """A markdown table of the rows (one line per row)."""
+def format_table(rows, peak_tflops=0.0):
+    """A markdown table of the rows (one line per row); the floor columns only with a
+    `peak_tflops` (the device's sustained rate, TFLOP/s)."""
+    floor = ([f"floor img/s @{peak_tflops:g}TF", "% floor"] if peak_tflops else [])
     header = ["arch", "kind", "method", "DAC", "ref BN", "batch", "mode", "pipeline", "img/s",
-              "step ms", "DAC cost", "ref BN cost", "peak MB", "GFLOP/img",
-              f"floor img/s @{peak_tflops:g}TF", "% floor", "vs synthetic", "error"]
+              "step ms", "DAC cost", "ref BN cost", "peak MB", "GFLOP/img", *floor,
+              "vs synthetic", "error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         pct = None
@@ -627,7 +646,7 @@ def format_table(rows, peak_tflops=DEFAULT_PEAK_TFLOPS):
                  _fmt(r.get("dac_cost_ratio"), "{:.2f}x"),
                  _fmt(r.get("ref_bn_cost_ratio"), "{:.2f}x"), _fmt(r.get("peak_memory_mb")),
                  _fmt(r.get("gflop_per_image"), "{:.1f}"),
-                 _fmt(r.get("floor_img_per_s")), _fmt(pct, "{:.1f}%"),
+                 *([_fmt(r.get("floor_img_per_s")), _fmt(pct, "{:.1f}%")] if floor else []),
                  _fmt(r.get("input_slowdown"), "{:.2f}x"),
                  (r.get("error") or "")[:80]]
         lines.append("| " + " | ".join(cells) + " |")
@@ -660,7 +679,7 @@ def run_benchmark(config, log=print):
               "keras_version": keras.__version__, "runs": config.runs,
               "warmup": config.warmup, "num_steps": config.num_steps,
               "steps_per_execution": config.steps_per_execution,
-              "peak_tflops_assumed": config.peak_tflops,
+              "peak_tflops": config.peak_tflops or None,
               "memory_kind": ("gpu_peak_allocated" if device_kind == "GPU"
                               else "cpu_process_max_rss"),
               "format": FORMAT}
@@ -711,10 +730,11 @@ def run_benchmark(config, log=print):
         keras.mixed_precision.set_global_policy(previous_policy)
     for arch, forward in forward_by_arch.items():
         dac_at = step_flops(forward, "at", True, config.num_steps)
-        log(f"FLOP floor (computed from the layers, not measured) {arch}: forward "
-            f"{forward / 1e9:.3f} GFLOP/img; DAC-AT step {dac_at / 1e9:.1f} GFLOP/img "
-            f"= {config.peak_tflops * 1e12 / dac_at:,.0f} img/s at {config.peak_tflops:g} "
-            "TFLOP/s (an assumed sustained rate).")
+        floor = (f" = {config.peak_tflops * 1e12 / dac_at:,.0f} img/s at the "
+                 f"--peak_tflops={config.peak_tflops:g} given" if config.peak_tflops else "")
+        log(f"Arithmetic (computed from the layers, not measured) {arch}: forward "
+            f"{forward / 1e9:.3f} GFLOP/img; DAC-AT step {dac_at / 1e9:.1f} GFLOP/img"
+            f"{floor}.")
     if device_kind == "CPU":
         log("peak MB on CPU: the process's maximum resident set size so far, not per row.")
     if config.output:
@@ -746,8 +766,10 @@ def define_flags(flag_values=flags.FLAGS):
     flags.DEFINE_list("pipeline", ["synthetic"], f"Input pipelines: {', '.join(PIPELINES)}.", **f)
     flags.DEFINE_integer("pipeline_examples", 50_000,
                          "Images held in memory by the tfds_like pipeline.", **f)
-    flags.DEFINE_float("peak_tflops", DEFAULT_PEAK_TFLOPS,
-                       "Assumed sustained matmul rate for the FLOP floor (TFLOP/s).", **f)
+    flags.DEFINE_float("peak_tflops", 0.0,
+                       "The device's sustained rate (TFLOP/s) to express the arithmetic "
+                       "as a floor in images/s; 0 (default): no floor (none is assumed).",
+                       **f)
     flags.DEFINE_integer("steps_per_execution", 1,
                          "Keras steps_per_execution (1: what fit does by default).", **f)
     flags.DEFINE_string("profile_dir", "",

@@ -19,8 +19,8 @@ that runs after it (checkpointing, early stopping, CSV, TensorBoard) sees them.
 `robust_accuracy`/`clean_accuracy` are maximised and `adv_certainty` minimised by
 Keras' `mode="auto"` (`METRIC_DIRECTIONS`).
 
-The other callbacks are the training CLI's own pieces (the non-finite loss stop,
-checkpoints, progress); they are public so that a custom loop can drive the same list
+The other callbacks are the training CLI's own pieces (the non-finite loss and epoch
+stops, checkpoints, progress, TensorBoard with a run per split); they are public so that a custom loop can drive the same list
 (the multi-worker path does: Keras' `fit` does not run under
 `MultiWorkerMirroredStrategy`).
 """
@@ -338,20 +338,144 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"training stopped and the last good checkpoint is kept; {self.hint}.")
 
 
-class EpochInfo(keras.callbacks.Callback):
-    """Adds `lr` (the rate of the epoch's last batch) and `epoch_seconds` to the logs.
+class StopOnNonFiniteEpoch(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` when an epoch ends with anything non-finite.
 
-    Put it after the validation callbacks so the time includes the evaluation.
+    A batch's loss is computed before its update, so an update that sends the weights
+    to overflow (or to values whose logits overflow) passes `StopOnNonFiniteLoss`: the
+    epoch ends with a finite training loss and a model that outputs NaN, and its
+    validation still yields accuracies (argmax of NaN logits is class 0). This callback
+    fails such an epoch when one of these is not finite:
+
+    - a value in the epoch's logs (the validation callbacks' adversarial certainty sums
+      the logits of every attacked example, so one non-finite logit makes it non-finite);
+    - a variable of the model (weights and BatchNorm statistics);
+    - a logit of the model on the clean images `x`, BatchNorm in inference mode.
+
+    Put it after the validation callbacks and before every callback that saves or logs
+    the epoch: raising in `on_epoch_end` keeps the previous checkpoints the newest.
+
+    Args:
+      x: images (float in [0, 1] or uint8) whose clean logits must be finite, e.g. the
+        examples the validation attacks; None skips that check.
+      batch_size: examples per forward pass over `x`.
+      hint: what the user can change, appended to the message.
+    """
+
+    def __init__(self, x=None, *, batch_size=256,
+                 hint="lower the learning rate, check the data, or use float32"):
+        super().__init__()
+        self.x = None if x is None else data.to_float32(np.asarray(x))
+        self.batch_size = max(1, int(batch_size))
+        self.hint = hint
+        self._finite_logits = None
+
+    def _logits_are_finite(self):
+        if self._finite_logits is None:
+            model = self.model
+
+            @tf.function(reduce_retracing=True)
+            def finite(images):
+                logits = tf.cast(model(images, training=False), tf.float32)
+                return tf.reduce_all(tf.math.is_finite(logits))
+
+            self._finite_logits = finite
+        return all(bool(self._finite_logits(tf.constant(self.x[i:i + self.batch_size])))
+                   for i in range(0, len(self.x), self.batch_size))
+
+    def problem(self, logs):
+        """What is non-finite at the end of an epoch (a short phrase), or None."""
+        bad = sorted(k for k, v in (logs or {}).items()
+                     if isinstance(v, (int, float, np.number)) and not math.isfinite(v))
+        if bad:
+            return "non-finite " + ", ".join(f"{k} = {logs[k]}" for k in bad)
+        weights = [v for v in self.model.weights
+                   if not np.all(np.isfinite(keras.ops.convert_to_numpy(v)))]
+        if weights:
+            return f"non-finite weights ({', '.join(v.path for v in weights[:3])})"
+        if self.x is not None and len(self.x) and not self._logits_are_finite():
+            return f"non-finite logits on the {len(self.x)} validation images"
+        return None
+
+    def on_epoch_end(self, epoch, logs=None):
+        problem = self.problem(logs)
+        if problem is None:
+            return
+        kept = (f"the checkpoints of epoch {epoch} stay the newest" if epoch else
+                "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"epoch {epoch + 1} ended with {problem}; it was not saved, training stopped "
+            f"and {kept}; {self.hint}.")
+
+
+class EpochInfo(keras.callbacks.Callback):
+    """Adds `lr` and `epoch_seconds` to the logs.
+
+    `lr` is the learning rate the epoch's first batch trained with (a schedule may lower
+    it within the epoch: `piecewise_at` at its boundary batch, `cosine` at every batch):
+    the optimizer's rate read before the epoch's first update, not the rate after the
+    epoch (which is the next epoch's). Put it after the validation callbacks so the time
+    includes the evaluation.
     """
 
     def on_epoch_begin(self, epoch, logs=None):
         self._began = time.time()
+        self._lr = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
-        logs["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["lr"] = self._lr
         logs["epoch_seconds"] = time.time() - self._began
+
+
+class SplitTensorBoard(keras.callbacks.Callback):
+    """Writes every epoch's logs to TensorBoard, one run per split.
+
+    A key `val_NAME` goes to the run `validation`, `test_NAME` to the run `test` (as NAME,
+    so the splits share one chart), every other key to `train`; each as the scalar
+    `epoch_NAME` (Keras' naming) at step = the epoch counted from 1 (metrics.csv's).
+    Unlike `keras.callbacks.TensorBoard` it adds nothing of its own: no second
+    learning-rate key read after the epoch (log the epoch's own rate, `EpochInfo`'s
+    `lr`), and `test_` keys in their own run instead of under `train`.
+
+    Args:
+      log_dir: the TensorBoard directory (any `tf.io.gfile` path).
+    """
+
+    RUNS = (("val_", "validation"), ("test_", "test"))
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, run):
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(f"{self.log_dir}/{run}")
+        return self._writers[run]
+
+    def on_epoch_end(self, epoch, logs=None):
+        by_run = {}
+        for key, value in (logs or {}).items():
+            if not isinstance(value, (int, float, np.number)) or isinstance(value, bool):
+                continue
+            run, name = "train", key
+            for prefix, split_run in self.RUNS:
+                if key.startswith(prefix):
+                    run, name = split_run, key[len(prefix):]
+            by_run.setdefault(run, {})[name] = float(value)
+        for run, values in by_run.items():
+            writer = self._writer(run)
+            with writer.as_default(step=epoch + 1):
+                for name, value in values.items():
+                    tf.summary.scalar(f"epoch_{name}", value)
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -46,6 +46,8 @@ _AT_SELECTION = protocol.SELECTION_PROTOCOLS["at"]
 # What --resume may do with a key whose value differs from the run's config.json.
 IGNORED = "ignored"          # never part of the run's identity (where/how it runs)
 MAY_CHANGE = "may_change"    # may change with --resume (length of the run, speed)
+# Appended to the --help text of every MAY_CHANGE flag (`define_flags`).
+RESUMABLE_MARK = "[resumable]"
 
 
 class ConfigError(errors.UserError):
@@ -185,8 +187,12 @@ class TrainConfig:
                            "runs/<dataset>_<arch>_<method>[_dac].", group="run",
                            resume=IGNORED)
     resume: bool = _flag("boolean", False, "Continue the run in --model_dir from its last "
-                         "epoch, allowing the flags marked resumable to change.", group="run",
-                         resume=IGNORED)
+                         f"epoch, allowing the flags marked {RESUMABLE_MARK} to change "
+                         "(never the learning rate of a planned epoch: --lr_schedule="
+                         "piecewise_at and cosine keep --epochs, non-constant schedules "
+                         "their batches per epoch). Flags of where and how it runs "
+                         "(--data_dir, --strategy, --verbose, ...) may always differ.",
+                         group="run", resume=IGNORED)
     seed: int = _flag("integer", 0, "Seed of initialisation, data order, augmentation, "
                       "attacks.", group="run")
     mixed_precision: str = _flag("enum", "float32", "Compute dtype policy.", group="run",
@@ -249,12 +255,15 @@ def define_flags(flag_values=flags.FLAGS):
         meta = field.metadata
         default = _flag_default(field)
         kwargs = dict(flag_values=flag_values, module_name=f"dac_tf.train ({meta['group']})")
+        help_text = meta["help"]
+        if meta["resume"] == MAY_CHANGE:
+            help_text += f" {RESUMABLE_MARK}"
         if meta["kind"] == "enum":
-            flags.DEFINE_enum(field.name, default, list(meta["choices"]), meta["help"],
+            flags.DEFINE_enum(field.name, default, list(meta["choices"]), help_text,
                               **kwargs)
         else:
             define = getattr(flags, f"DEFINE_{meta['kind']}")
-            define(field.name, default, meta["help"], **kwargs)
+            define(field.name, default, help_text, **kwargs)
 
 
 # Flags whose default is the same for every method and dataset; every other flag is unset

@@ -413,6 +413,26 @@ class DACModel(keras.Model):
         if schedule is not None:
             inner.learning_rate = schedules.BatchSchedule(schedule, self.updates_per_batch)
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras' build from a data batch when the model is already built.
+
+        Under a distribution strategy Keras' `fit` and `evaluate` first reduce their
+        first batch over the replicas (a MEAN of the replicas' tensors) to build the
+        model from its shapes. A global batch that does not split evenly (63 over 2
+        replicas: 32 + 31 examples) makes that reduce fail (AddN of [32, ...] and
+        [31, ...]) although the step itself is exact for any split (`global_batch_mean`).
+        A DACModel whose base model is built has nothing to build from data, so only
+        the optimizer is built, as Keras would. Keras has no public switch for this
+        (`_maybe_symbolic_build` is its TensorFlow trainer's hook); the uneven-batch
+        tests in tests/test_distribute.py fail if it stops applying.
+        """
+        if not getattr(self.base_model, "built", False):
+            return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+        if getattr(self, "optimizer", None) is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.base_model.trainable_variables)
+        return None
+
     def compile_from_config(self, config):
         """Compiles from `get_compile_config()`: what `keras.saving.load_model` calls.
 

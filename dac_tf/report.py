@@ -345,6 +345,9 @@ def plot_adversarial_certainty(runs, path):
 def plot_heatmaps(heatmaps, path, title=None):
     """Draws the 2x2 grid (train/test x best/last) of mean-softmax matrices.
 
+    When the best checkpoint is the last one (the same epoch), its matrices are drawn
+    once, in one column titled "best = last model", instead of two identical columns.
+
     Args:
       heatmaps: the output of `dac_tf.evaluation.heatmaps.compute_heatmaps`.
       path: the PNG to write.
@@ -357,17 +360,23 @@ def plot_heatmaps(heatmaps, path, title=None):
     num_classes = len(names)
     annotate = num_classes <= _ANNOTATE_MAX_CLASSES
     side = 4.3 if num_classes <= _ANNOTATE_MAX_CLASSES else 5.0
+    epochs = heatmaps["epochs"]
+    same = (epochs.get("best") is not None and epochs.get("best") == epochs.get("last")
+            and all(heatmaps["matrices"][s]["best"] == heatmaps["matrices"][s]["last"]
+                    for s in HEATMAP_SPLITS))
+    columns = [("best", "best = last")] if same else [
+        (which, which) for which in checkpoints.CHECKPOINTS]
     # Constrained layout: tight_layout cannot place one colorbar shared by four axes.
-    fig = _new_figure(2 * side + 1.3, 2 * side + 1.5, layout="constrained")
+    fig = _new_figure(len(columns) * side + 1.3, 2 * side + 1.5, layout="constrained")
     fig.get_layout_engine().set(h_pad=0.12, w_pad=0.08)
-    axes = fig.subplots(2, 2)
+    axes = fig.subplots(2, len(columns), squeeze=False)
     image = None
     for r, split in enumerate(HEATMAP_SPLITS):
-        for c, which in enumerate(checkpoints.CHECKPOINTS):
+        for c, (which, shown) in enumerate(columns):
             ax = axes[r, c]
             rows = heatmaps["matrices"][split][which]
-            epoch = heatmaps["epochs"].get(which)
-            head = f"{split}, {which} model" + (f" (epoch {epoch})" if epoch else "")
+            epoch = epochs.get(which)
+            head = f"{split}, {shown} model" + (f" (epoch {epoch})" if epoch else "")
             if rows is None:
                 ax.set_title(head, fontsize=10)
                 ax.text(0.5, 0.5, f"no {which} checkpoint", ha="center", va="center",

@@ -11,14 +11,23 @@ loop, the report and the evaluation all read the same way:
   (a damaged directory is refused, never silently trained over).
 """
 
+import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import json
+import math
 import os
 import socket
 import threading
 import time
+import uuid
+
+try:
+    import fcntl
+except ImportError:   # not on POSIX: the lock's take-over is not serialized
+    fcntl = None
 
 import numpy as np
 import tensorflow as tf
@@ -69,12 +78,17 @@ def row_from_logs(epoch, logs):
 
 
 def write_metrics(model_dir, rows):
-    """Writes every row (dicts keyed by METRIC_COLUMNS; None = empty) atomically."""
+    """Writes every row atomically: the METRIC_COLUMNS, then any other column the rows
+    hold (a user's, read back by `read_metrics`) in the order first seen; None or a
+    missing key is an empty cell."""
+    extra = [k for k in dict.fromkeys(k for row in rows for k in row)
+             if k not in METRIC_COLUMNS and isinstance(k, str)]
+    columns = list(METRIC_COLUMNS) + extra
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _format_cell(row.get(k)) for k in METRIC_COLUMNS})
+        writer.writerow({k: _format_cell(row.get(k)) for k in columns})
     fileio.write_atomic(metrics_path(model_dir), buffer.getvalue())
 
 
@@ -91,11 +105,14 @@ def read_metrics(model_dir):
 
     Returns:
       A list of rows sorted by epoch, each a dict column -> float (None for an empty
-      cell); every column of METRIC_COLUMNS is present. [] when there is no file.
+      cell); every column of METRIC_COLUMNS is present. A column dac_tf does not write
+      (one a user added) is kept as text, so `write_metrics` writes it back unchanged.
+      [] when there is no file.
 
     Raises:
       RunDirError: the file is unreadable, not a CSV with an epoch column, or holds a
-        cell that is not a number (the message names the line and column).
+        cell of a METRIC_COLUMNS column that is not a number (the message names the line
+        and column).
     """
     path = metrics_path(model_dir)
     if not tf.io.gfile.exists(path):
@@ -125,6 +142,9 @@ def read_metrics(model_dir):
         for name, cell in record.items():
             if name is None or cell is None or cell.strip() == "":
                 continue   # a short row, an overlong one, or an empty cell
+            if name not in METRIC_COLUMNS:
+                row[name] = cell   # a user's column: kept verbatim
+                continue
             try:
                 row[name] = float(cell)
             except ValueError:
@@ -139,12 +159,13 @@ def read_metrics(model_dir):
 
 
 def metrics_arrays(rows):
-    """Rows of `read_metrics` as dict column -> float64 array (NaN for empty cells)."""
+    """Rows of `read_metrics` as dict column -> float64 array (NaN for empty cells), for
+    the METRIC_COLUMNS (a user's text columns are left out)."""
     columns = {name: np.full(len(rows), np.nan) for name in METRIC_COLUMNS}
     for i, row in enumerate(rows):
-        for name, value in row.items():
-            if value is not None:
-                columns.setdefault(name, np.full(len(rows), np.nan))[i] = value
+        for name in METRIC_COLUMNS:
+            if row.get(name) is not None:
+                columns[name][i] = row[name]
     return columns
 
 
@@ -189,20 +210,88 @@ def _alive(pid, start):
     return start is None or now_start is None or now_start == start
 
 
+def parse_lock_record(text):
+    """The holder named by a lock file's content, or None when it is not a lock record.
+
+    A record is a JSON object with `pid` (int > 0), `host` (non-empty str), `start`
+    (int clock ticks since boot, or null) and `time` (finite seconds since the epoch);
+    other keys are ignored. Empty, non-JSON or wrongly typed content is not a record.
+    """
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    pid, host, start, when = (record.get(k) for k in ("pid", "host", "start", "time"))
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if not (is_int(pid) and pid > 0 and isinstance(host, str) and host
+            and (start is None or is_int(start))
+            and (is_int(when) or isinstance(when, float)) and math.isfinite(when)):
+        return None
+    return dict(pid=pid, host=host, start=start, time=float(when))
+
+
+@contextlib.contextmanager
+def _serialized(directory, timeout=30.0):
+    """Holds an exclusive `flock` on `directory` (local disks), so that the processes
+    (and threads) taking a run's lock check and replace a stale one one at a time.
+
+    Without it two contenders that both judged a lock stale could each remove it, the
+    second removing the fresh lock of the first. Elsewhere (object stores, file systems
+    without flock) it does nothing.
+    """
+    fd = None
+    if fcntl is not None and fileio.is_local(directory):
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except OSError:
+            fd = None
+    try:
+        deadline = time.monotonic() + timeout
+        while fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RunDirError(f"--model_dir={directory}: another process has been "
+                                      f"taking its lock for {timeout:.0f} s; try again.")
+                time.sleep(0.005)
+            except OSError:
+                break   # no flock on this file system: unserialized
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)   # releases the flock
+
+
 class RunLock:
     """One training process per run directory.
 
-    `acquire` creates `model_dir/.lock` (exclusively on a local disk) holding the pid,
-    host and start time of this process, and refreshes it every minute. A second process
-    is refused with the holder's pid and host. A lock left by a process that no longer
-    runs (same host: its pid is gone or recycled; another host: not refreshed for
-    STALE_LOCK_SECONDS) is taken over.
+    `acquire` creates `model_dir/.lock` holding the pid, host and start time of this
+    process (a record, `parse_lock_record`) and refreshes it every minute. The file is
+    created whole: written under a temporary name, then hard-linked to `.lock`, which
+    fails if `.lock` exists (on object stores: written whole, then read back to see who
+    won). So a lock is never seen empty or half-written, and any content other than a
+    record was not written by a live dac_tf process.
+
+    The rule for an existing lock: it is taken over only when it provably belongs to no
+    running training: its host is this one and its pid is not running or was reused by
+    a process started at another time, or its host is another one and it was not
+    refreshed for STALE_LOCK_SECONDS. Anything else is refused with the lock's path and
+    what to do: a live holder, and content that is not a record (empty, not JSON, a
+    list, wrong types), which proves nothing about a holder.
     """
 
     def __init__(self, model_dir):
         self.path = os.path.join(model_dir, LOCK_FILE)
         self._stop = threading.Event()
         self._thread = None
+        self._content = None
         self.held = False
 
     def _record(self):
@@ -210,64 +299,116 @@ class RunLock:
         return dict(pid=pid, host=socket.gethostname(), start=_process_start(pid),
                     time=time.time())
 
-    def holder(self):
-        """The lock's content, or None when there is none (or it is unreadable)."""
+    def _read(self):
+        """The lock file's text (undecodable bytes replaced), or None when it is absent."""
         try:
-            return json.loads(fileio.read_text(self.path))
-        except (OSError, tf.errors.OpError, ValueError):
+            with tf.io.gfile.GFile(self.path, "rb") as f:
+                return f.read().decode("utf-8", errors="replace")
+        except (OSError, tf.errors.OpError):
             return None
 
-    def _stale(self, holder):
-        if holder is None:
-            return True
-        if holder.get("host") == socket.gethostname():
-            return not _alive(int(holder.get("pid", -1)), holder.get("start"))
-        return time.time() - float(holder.get("time", 0)) > STALE_LOCK_SECONDS
+    def holder(self):
+        """The holder named by the lock (`parse_lock_record`), or None (no lock, or
+        content that is not a record)."""
+        text = self._read()
+        return None if text is None else parse_lock_record(text)
 
-    def _create(self):
-        content = json.dumps(self._record())
+    def _stale(self, holder):
+        if holder["host"] == socket.gethostname():
+            return not _alive(holder["pid"], holder["start"])
+        return time.time() - holder["time"] > STALE_LOCK_SECONDS
+
+    def _create(self, content):
+        """Creates the lock with `content` unless it exists; whether it did."""
         if fileio.is_local(self.path):
+            tmp = f"{self.path}{fileio.TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with open(tmp, "w", encoding="utf-8") as f:
+                    f.write(content)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.link(tmp, self.path)   # atomic, and fails if the lock exists
+                return True
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(content)
-            return True
+            except FileNotFoundError:
+                return False   # the holder's start-up cleaned up our temporary file
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK):
+                    raise
+                # No hard links on this file system: create exclusively, then fill. A
+                # contender may see it empty for an instant; empty is refused, never
+                # taken over, so this stays safe.
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(content)
+                return True
+            finally:
+                try:
+                    os.remove(tmp)
+                except OSError:
+                    pass
         # Object stores have no exclusive create: write, then read back who won.
         if tf.io.gfile.exists(self.path):
             return False
         fileio.write_atomic(self.path, content)
-        return (self.holder() or {}).get("pid") == os.getpid()
+        return self._read() == content
+
+    def _remove_if_unchanged(self, text):
+        """Removes the lock if it still holds `text` (the stale record judged)."""
+        if self._read() == text:
+            try:
+                tf.io.gfile.remove(self.path)
+            except (OSError, tf.errors.OpError):
+                pass
 
     def acquire(self):
-        """Takes the lock or raises RunDirError naming the holder."""
-        for _ in range(3):
-            if self._create():
-                self.held = True
-                self._thread = threading.Thread(target=self._heartbeat, daemon=True)
-                self._thread.start()
-                return self
-            holder = self.holder()
-            if self._stale(holder):
-                try:
-                    tf.io.gfile.remove(self.path)
-                except (OSError, tf.errors.OpError):
-                    pass
-                continue
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0)))
-            raise RunDirError(
-                f"--model_dir={os.path.dirname(self.path)} is in use by another training "
-                f"process (pid {holder.get('pid')} on host {holder.get('host')}, lock "
-                f"refreshed {since}); wait for it to finish or stop it, or choose another "
-                f"--model_dir. If that process is gone, delete {self.path}.")
+        """Takes the lock or raises RunDirError (a live holder, or a lock file that is
+        not a record), naming the lock file and what to do."""
+        model_dir = os.path.dirname(self.path)
+        with _serialized(model_dir):
+            for _ in range(3):
+                content = json.dumps(self._record())
+                if self._create(content):
+                    self._content, self.held = content, True
+                    self._thread = threading.Thread(target=self._heartbeat, daemon=True)
+                    self._thread.start()
+                    return self
+                text = self._read()
+                if text is None:
+                    continue   # released in between
+                holder = parse_lock_record(text)
+                if holder is None:
+                    shown = "is empty" if not text.strip() else (
+                        f"holds {text[:40]!r}{'...' if len(text) > 40 else ''}, not a lock "
+                        "record")
+                    raise RunDirError(
+                        f"--model_dir={model_dir}: its lock file {self.path} {shown}, so "
+                        "whether a training process uses the run cannot be told; if none "
+                        f"does, delete {self.path} and start again.")
+                if self._stale(holder):
+                    self._remove_if_unchanged(text)
+                    continue
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["time"]))
+                raise RunDirError(
+                    f"--model_dir={model_dir} is in use by another training process "
+                    f"(pid {holder['pid']} on host {holder['host']}, lock refreshed "
+                    f"{since}); wait for it to finish or stop it, or choose another "
+                    f"--model_dir. If that process is gone, delete {self.path}.")
         raise RunDirError(f"cannot take the lock {self.path}; another process keeps "
                           "creating it.")
 
     def _heartbeat(self):
         while not self._stop.wait(_HEARTBEAT_SECONDS):
             try:
-                fileio.write_atomic(self.path, json.dumps(self._record()))
+                if self._read() != self._content:
+                    return   # taken over (this process was judged gone): never clobber
+                content = json.dumps(self._record())
+                fileio.write_atomic(self.path, content)
+                self._content = content
             except (OSError, tf.errors.OpError):
                 pass   # a missed refresh only makes the lock look older
 
@@ -278,7 +419,7 @@ class RunLock:
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            if (self.holder() or {}).get("pid") == os.getpid():
+            if self._read() == self._content:
                 tf.io.gfile.remove(self.path)
         except (OSError, tf.errors.OpError):
             pass

@@ -19,6 +19,17 @@ automatically, so a schedule written for plain training keeps its meaning.
 import keras
 
 SCHEDULES = ("piecewise_at", "piecewise_trades", "cosine", "constant")
+# Schedules whose rate at a batch depends on the run's number of epochs: `piecewise_at`
+# drops at 50% / 75% of the run and `cosine` decays to 0 at its end, so changing
+# --epochs stretches or squeezes them (every planned epoch would get another rate).
+# `piecewise_trades` (drops at fixed epochs) and `constant` give every batch the same
+# rate whatever --epochs is: a longer run continues the same formula.
+EPOCH_DEPENDENT = ("piecewise_at", "cosine")
+
+
+def depends_on_epochs(name):
+    """Whether schedule `name`'s rate at a batch depends on the run's epochs."""
+    return name in EPOCH_DEPENDENT
 
 _PiecewiseConstantDecay = keras.optimizers.schedules.PiecewiseConstantDecay
 

@@ -260,14 +260,18 @@ def fit_epochs(model, strategy, dataset, *, initial_epoch, epochs, steps, callba
         raise cluster.peer_lost_error(cluster.current_task(), e, where) from None
 
 
+_NON_FINITE_HINT = "lower --lr, check the data, or use --mixed_precision=float32"
+
+
 def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select_key,
                         steps, log_names):
     """The training loop's callbacks, in the order they run at each epoch's end.
 
     Validation (selection split, then test) adds its values to the logs; then the
-    epoch's lr and time; then the metrics row, `last` and `best` are written in that
-    order (what `rundir.resume_problems` relies on after a kill); then TensorBoard and
-    the summary line.
+    epoch's lr and time; then the check that everything is finite (a failed epoch stops
+    here, unsaved); then the metrics row, `last` and `best` are written in that order
+    (what `rundir.resume_problems` relies on after a kill); then TensorBoard and the
+    summary line.
     """
     save_manager, best_manager = managers
     best_epoch, best_value = rundir.best_epoch(rows, select_key)
@@ -277,8 +281,7 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
         batch_size=config.eval_batch_size, num_examples=config.eval_examples or None,
         seed=config.seed, ac_measure=config.ac_measure, verbose=bool(config.verbose))
     best = callbacks.BestCheckpoint(best_manager, select_key, best_epoch, best_value)
-    chain = [callbacks.StopOnNonFiniteLoss(
-        "lower --lr, check the data, or use --mixed_precision=float32")]
+    chain = [callbacks.StopOnNonFiniteLoss(_NON_FINITE_HINT)]
     if config.verbose:
         chain.append(callbacks.TrainingProgress(config.epochs, steps, log_names))
     if len(splits.y_val):
@@ -287,6 +290,12 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
     chain += [callbacks.RobustValidation(splits.x_test, splits.y_test, prefix="test",
                                          **validation),
               callbacks.EpochInfo()]
+    # An epoch that ends with a non-finite value (a validation metric, a weight, a logit
+    # of the selection examples) is a failed epoch: it stops here, before it is saved.
+    selection_x = splits.x_val if len(splits.y_val) else splits.x_test
+    chain.append(callbacks.StopOnNonFiniteEpoch(
+        selection_x[:config.eval_examples or None], batch_size=config.eval_batch_size,
+        hint=_NON_FINITE_HINT))
 
     def write_row(epoch, logs):
         rows.append(rundir.row_from_logs(epoch + 1, logs))
@@ -296,9 +305,8 @@ def _training_callbacks(config, splits, chief, managers, epoch_var, rows, select
         chain.append(keras.callbacks.LambdaCallback(on_epoch_end=write_row))
     chain += [callbacks.EpochCheckpoint(save_manager, epoch_var), best]
     if chief:
-        chain.append(keras.callbacks.TensorBoard(
-            os.path.join(config.model_dir, "tensorboard"), write_graph=False,
-            profile_batch=0, update_freq="epoch"))
+        chain.append(callbacks.SplitTensorBoard(os.path.join(config.model_dir,
+                                                             "tensorboard")))
     chain.append(keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: print(
             _summary_line(epoch + 1, logs, select_key, best), flush=True)))
@@ -333,9 +341,10 @@ def train_and_evaluate(config):
         raise data.DatasetError(f"--dataset={config.dataset}: the training or test split "
                                 "is empty.")
     _check_against_data(config, splits)
-    steps = data.steps_per_epoch(len(splits.y_train), config.batch_size)
-    if config.max_steps_per_epoch:
-        steps = min(steps, config.max_steps_per_epoch)
+    steps = _steps_per_epoch(len(splits.y_train), config.batch_size,
+                             config.max_steps_per_epoch)
+    if continuing:
+        _check_schedule_kept(config, state, len(splits.y_train))
 
     strategy = _make_checked_strategy(config)
 
@@ -343,6 +352,9 @@ def train_and_evaluate(config):
     try:
         tf.io.gfile.makedirs(config.model_dir)
     except (OSError, tf.errors.OpError) as e:
+        # makedirs may have made some of the folders before the one that failed (a path
+        # longer than PATH_MAX, a name longer than NAME_MAX): a refused start leaves none.
+        _remove_empty_folders(config.model_dir, created)
         raise rundir.RunDirError(f"--model_dir={config.model_dir} cannot be created: "
                                  f"{fileio.first_line(e)}.") from None
     lock = rundir.RunLock(config.model_dir)
@@ -352,6 +364,8 @@ def train_and_evaluate(config):
             # Another process may have written the run since the first look.
             state = rundir.inspect(config.model_dir)
             continuing = _check_resumable(config, state)
+            if continuing:
+                _check_schedule_kept(config, state, len(splits.y_train))
             _remove_leftovers(config.model_dir)
             if state.killed_in_first_save:
                 last_dir = os.path.join(config.model_dir, checkpoints.LAST_DIR)
@@ -394,6 +408,77 @@ def _list_first_checkpoint(last_dir):
         logger.setLevel(level)
 
 
+def _steps_per_epoch(train_size, batch_size, max_steps_per_epoch):
+    steps = data.steps_per_epoch(train_size, batch_size)
+    return min(steps, max_steps_per_epoch) if max_steps_per_epoch else steps
+
+
+def _check_schedule_kept(config, state, train_size):
+    """Refuses a resume that would change the learning rate of the epochs planned.
+
+    The schedule is a function of the batch index and, for `schedules.EPOCH_DEPENDENT`
+    schedules, of the run's epochs: such a run may not change --epochs (a longer cosine
+    would raise the rates of the epochs already trained), and no run but a constant-rate
+    one may change its batches per epoch (--max_steps_per_epoch), which moves every
+    epoch's batches to other rates. Writes nothing.
+
+    Raises:
+      ConfigError: naming the flag and what to do instead.
+    """
+    recorded = state.config
+    planned = int(recorded.get("epochs", config.epochs))
+    flagfile = os.path.join(config.model_dir, checkpoints.FLAGS_FILE)
+    rerun = f"python -m dac_tf.train --flagfile={flagfile} --model_dir=NEW_DIR"
+    if config.epochs != planned and schedules.depends_on_epochs(config.lr_schedule):
+        raise config_lib.ConfigError(
+            f"--resume --epochs={config.epochs}: --lr_schedule={config.lr_schedule} sets "
+            f"the rate of every batch from --epochs, so changing the {planned} planned "
+            "epochs would change the learning rate of epochs already planned. Nothing was "
+            f"changed. To train {config.epochs} epochs start a new run ({rerun} "
+            f"--epochs={config.epochs}); to stop earlier, stop this run after the epoch "
+            "you want (every finished epoch is saved).")
+    recorded_steps = _steps_per_epoch(train_size, config.batch_size,
+                                      int(recorded.get("max_steps_per_epoch") or 0))
+    steps = _steps_per_epoch(train_size, config.batch_size, config.max_steps_per_epoch)
+    if steps != recorded_steps and config.lr_schedule != "constant":
+        raise config_lib.ConfigError(
+            f"--resume --max_steps_per_epoch={config.max_steps_per_epoch} gives {steps} "
+            f"batches per epoch where the run has {recorded_steps}: the "
+            f"--lr_schedule={config.lr_schedule} rates are a function of the batch index, "
+            "so the epochs planned would train at other rates. Nothing was changed. "
+            "Resume with --max_steps_per_epoch="
+            f"{int(recorded.get('max_steps_per_epoch') or 0)}, or start a new run "
+            f"({rerun}).")
+
+
+def _remove_empty_folders(path, outermost):
+    """Removes the empty folders from `path` up to `outermost` (deepest first).
+
+    A folder that cannot be reached (a path too long), is missing or holds anything is
+    left alone, and so are the folders above it.
+    """
+    if outermost is None:
+        return
+    path, outermost = os.path.normpath(path), os.path.normpath(outermost)
+    chain = [path]
+    while chain[-1] != outermost and os.path.dirname(chain[-1]) != chain[-1]:
+        chain.append(os.path.dirname(chain[-1]))
+    if chain[-1] != outermost:
+        return   # `outermost` is not above `path`: nothing of ours to remove
+    for folder in chain:
+        try:
+            if not tf.io.gfile.isdir(folder):
+                continue   # never created, or too long to reach
+            if tf.io.gfile.listdir(folder):
+                return
+            if fileio.is_local(folder):
+                os.rmdir(folder)   # fails rather than remove anything put there since
+            else:
+                tf.io.gfile.rmtree(folder)
+        except (OSError, tf.errors.OpError):
+            return
+
+
 def _first_missing_ancestor(path):
     """The outermost folder of `path` that does not exist yet (what makedirs creates),
     or None when `path` exists."""
@@ -422,10 +507,17 @@ def _complete(config, state):
     """A rerun of a finished run: report it, change nothing (not even the plots)."""
     key = rundir.selection_key(config.val_size > 0)
     best, value = rundir.best_epoch(state.rows, key)
+    if schedules.depends_on_epochs(config.lr_schedule):
+        longer = (f"--lr_schedule={config.lr_schedule} is planned over the run's epochs, "
+                  "so a longer run is a new one: python -m dac_tf.train --flagfile="
+                  f"{os.path.join(config.model_dir, checkpoints.FLAGS_FILE)} --epochs=N "
+                  "--model_dir=NEW_DIR")
+    else:
+        longer = ("pass --resume --epochs=N with a larger N (the added epochs follow the "
+                  f"same --lr_schedule={config.lr_schedule} formula)")
     print(f"{config.model_dir} is complete: {state.finished_epoch} of "
           f"{state.config.get('epochs')} epochs (best = epoch {best}, {key} {value:.4f}). "
-          "Nothing to do; to train longer pass --resume --epochs=N with a larger N.",
-          flush=True)
+          f"Nothing to do; to train longer, {longer}.", flush=True)
     return {"best_epoch": best, "best_" + key: value, "model_dir": config.model_dir,
             "last": dict(state.rows[-1]) if state.rows else None, "complete": True}
 

@@ -6,10 +6,13 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from dac_tf import bench
 from dac_tf import models
+from dac_tf.evaluation import loading
+from dac_tf.evaluation import runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(archs=("small_cnn",), methods=("at",), batch_sizes=(8,), steps=2, runs=2,
@@ -151,6 +154,49 @@ def test_failing_mode_is_recorded_and_the_rest_runs(monkeypatch):
     assert failed["error"] == "RuntimeError: No valid config found"
     assert ok["mode"] == "fp32" and ok["error"] is None and ok["img_per_s"] > 0
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_eval_rows_time_the_cleverhans_pgd_that_evaluate_runs(monkeypatch):
+    """The eval row used to time the training PGD (`dac_tf.attacks`); `evaluate` runs
+    CleverHans' (`dac_tf.evaluation.attacks`). One timed batch must compute exactly
+    what `evaluate` computes on that batch."""
+    config = bench.BenchConfig(**TINY, eval_pgd_steps=2)
+    keras.utils.set_random_seed(0)
+    model = bench._build_base("small_cnn", "trades", config)
+    images = bench._random_images(12, 0).astype(np.float32) / 255.0
+    labels = bench._random_labels(12, 10, 0)
+    run = bench.pgd_eval_runner(model, images, labels, num_steps=2, seed=3)
+    record = runner.evaluate_model(loading.keras_logits_fn(model), images, labels,
+                                   attacks="clean,pgd2", epsilon=8 / 255, batch_size=12,
+                                   seed=3, show_progress=False, sanity_checks=False)
+    assert run(1) == round(record["accuracy"]["pgd2"] * 12)
+    assert record["attack_settings"]["pgd2"]["step_size"] == pytest.approx(2 / 255)
+    # The benchmark's eval rows are built on it, with their own steps and seed.
+    calls = []
+    monkeypatch.setattr(bench, "pgd_eval_runner",
+                        lambda *args, **kwargs: calls.append(kwargs) or (lambda n: 0))
+    bench.make_eval_runner(dict(kind="eval", arch="small_cnn", batch_size=8, mode="xla"),
+                           config)
+    assert calls == [dict(num_steps=2, seed=0, jit_compile=True)]
+
+
+def test_no_arithmetic_floor_is_shown_without_the_devices_rate():
+    """A floor in images/s needs the device's sustained rate; none is assumed (a CPU
+    used to get "% floor 0.0%" of an assumed 400 TFLOP/s)."""
+    assert bench.BenchConfig(**TINY).peak_tflops == 0
+    spec = dict(kind="train", arch="small_cnn", method="at", use_dac=True,
+                reference_bn_updates=False)
+    forward = {"small_cnn": 1e6}
+    fields = bench._flop_fields(spec, bench.BenchConfig(**TINY), forward)
+    assert fields["floor_img_per_s"] is None and fields["gflop_per_image"] > 0
+    given = bench._flop_fields(spec, bench.BenchConfig(**TINY, peak_tflops=100), forward)
+    assert given["floor_img_per_s"] == pytest.approx(100e12 / (fields["gflop_per_image"]
+                                                               * 1e9))
+    row = dict(spec, batch_size=8, mode="fp32", pipeline="synthetic", img_per_s=50.0,
+               **fields)
+    assert "floor" not in bench.format_table([row]).splitlines()[0]
+    header = bench.format_table([dict(row, **given)], peak_tflops=100).splitlines()[0]
+    assert "floor img/s @100TF" in header and "% floor" in header
 
 
 def test_error_line_is_the_message_not_the_traceback():

@@ -131,3 +131,31 @@ def test_best_checkpoint_keeps_the_first_strict_maximum(tmp_path):
         best.on_epoch_end(epoch, {"val_robust_accuracy": value})
     assert (best.best_epoch, best.best_value) == (2, 0.5)
     assert manager.latest_checkpoint.endswith("ckpt-2")
+
+
+@pytest.mark.parametrize("case", ["nan_in_logs", "inf_weight", "overflowing_logits"])
+def test_an_epoch_ending_non_finite_raises_before_later_callbacks_see_it(case):
+    """A finite loss on every batch can still end in a model that outputs Inf/NaN: its
+    epoch must fail before a checkpoint callback saves it."""
+    x, y = examples(32)
+    model = linear_model()
+    logs = {"loss": 0.5, "val_robust_accuracy": 0.25}
+    if case == "nan_in_logs":
+        logs["val_adv_certainty"] = float("nan")
+    elif case == "inf_weight":
+        model.set_weights([np.full_like(model.get_weights()[0], np.inf)])
+    else:   # finite weights whose logits overflow float32 (the lr=1e38 case)
+        model.set_weights([np.full_like(model.get_weights()[0], 1e38)])
+        assert np.all(np.isfinite(model.get_weights()[0]))
+        assert not np.all(np.isfinite(model(x).numpy()))
+    check = callbacks.StopOnNonFiniteEpoch(x, batch_size=10)
+    check.set_model(model)
+    needle = {"nan_in_logs": "val_adv_certainty = nan", "inf_weight": "non-finite weights",
+              "overflowing_logits": "non-finite logits on the 32 validation images"}[case]
+    with pytest.raises(callbacks.NonFiniteLossError, match=rf"epoch 3 ended with .*{needle}"):
+        check.on_epoch_end(2, logs)
+    # The same model with finite weights and logs passes.
+    healthy = linear_model()
+    check = callbacks.StopOnNonFiniteEpoch(x, batch_size=10)
+    check.set_model(healthy)
+    check.on_epoch_end(2, {"loss": 0.5, "val_adv_certainty": 1.0})

@@ -119,6 +119,27 @@ def test_uneven_and_tiny_last_batches_equal_one_device(replicas, remainder, meth
         np.testing.assert_allclose(single_logs[key], mirrored_logs[key], rtol=1e-4)
 
 
+@pytest.mark.parametrize("replicas, n, batch_size, method", [
+    (2, 14, 7, "at"),                 # every batch 4 + 3
+    (3, 17, 8, "at"),                 # 3 + 3 + 2, then a last batch of 1
+    pytest.param(2, 14, 7, "trades", marks=pytest.mark.slow),
+    pytest.param(3, 17, 8, "mart", marks=pytest.mark.slow)])
+def test_batches_that_never_split_evenly_equal_one_device(replicas, n, batch_size, method):
+    """A global batch that is not a multiple of the replica count, from the first batch
+    on (`--cpu_replicas=2 --batch_size=63` used to fail in Keras' build from the first
+    batch, which reduces it over the replicas)."""
+    keras.utils.set_random_seed(2)
+    init = make_base().get_weights()
+    kwargs = dict(n=n, batch_size=batch_size)
+    single, single_logs = train(tf.distribute.OneDeviceStrategy("/cpu:0"), init, method,
+                                **kwargs)
+    mirrored, mirrored_logs = train(cpu_strategy(replicas), init, method, **kwargs)
+    for a, b in zip(single.get_weights(), mirrored.get_weights()):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
+    for key in ("loss", "adv_accuracy", "adv_certainty", "ac_loss"):
+        np.testing.assert_allclose(single_logs[key], mirrored_logs[key], rtol=1e-4)
+
+
 def _replica_values(variable):
     value = getattr(variable, "value", variable)
     return [np.asarray(v) for v in getattr(value, "values", [value])]

@@ -352,6 +352,46 @@ def test_sanity_checks_catch_broken_models(digits):
     assert not checks.check_black_box(white, after, 1000)["passed"]
 
 
+@pytest.mark.parametrize("bad_index", [3, 150])   # in the first batch of 100, or later
+def test_a_model_with_non_finite_logits_is_refused_not_scored(digits, bad_index):
+    """NaN logits still give accuracies (argmax of NaN is class 0), and the sanity
+    checks then blame dropout; such a model must be refused, naming the example."""
+    x, y = digits.x_test[:200].copy(), digits.y_test[:200]
+    x[bad_index, 0, 0, 0] = 1.0
+    assert np.sum(x[:, 0, 0, 0] == 1.0) == 1
+    fn = linear_fn(0)
+    poisoned = lambda t: tf.where(t[:, :1, 0, 0] == 1.0, np.nan, fn(t))   # noqa: E731
+    counted = "the first 100" if bad_index < 100 else "200"
+    with pytest.raises(EvaluationError, match=rf"non-finite logits .* on 1 of {counted} "
+                                              rf".*example {bad_index}\)"):
+        runner.evaluate_model(poisoned, x, y, attacks="clean,pgd2", epsilon=EPS,
+                              batch_size=100, show_progress=False)
+    assert runner.evaluate_model(fn, x, y, attacks="clean", epsilon=EPS, batch_size=100,
+                                 show_progress=False)["complete"]
+
+
+def test_cli_refuses_a_run_whose_weights_overflowed(trained, tmp_path, capsys):
+    """`evaluate` on a run whose checkpoint gives Inf/NaN logits: exit 2, one line, and
+    no result file (it used to report accuracies and exit 0)."""
+    overflowed = keras.models.clone_model(trained)
+    overflowed.set_weights([w * np.float32(1e38) if w.ndim > 1 else w
+                            for w in trained.get_weights()])
+    model_dir = str(tmp_path / "overflowed")
+    os.makedirs(model_dir)
+    fileio.write_json_atomic(checkpoints.config_path(model_dir), dict(
+        arch="small_cnn", num_classes=10, input_shape=[8, 8, 1], normalization="none",
+        dataset="digits", epsilon=EPS, norm="linf", arch_kwargs=dict(widths=list(WIDTHS))))
+    tf.train.CheckpointManager(tf.train.Checkpoint(model=overflowed),
+                               os.path.join(model_dir, checkpoints.LAST_DIR), 1).save()
+    output = tmp_path / "r.json"
+    code, err = _main([f"--model={model_dir}", "--checkpoint=last", "--attacks=clean,pgd2",
+                       "--num_examples=40", "--noprogress", f"--output={output}"], capsys)
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith("error: ") and "non-finite logits" in err[0]
+    assert model_dir in err[0] and "last checkpoint" in err[0]
+    assert not output.exists()
+
+
 def test_parse_attacks_names_and_errors():
     specs = attacks.parse_attacks("clean, fgsm,PGD20,pgd100,cw,cw20,autoattack")
     assert [s.name for s in specs] == ["clean", "fgsm", "PGD20", "pgd100", "cw", "cw20",

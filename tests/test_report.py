@@ -338,3 +338,32 @@ def test_cli_writes_figures_and_fails_cleanly_on_a_bad_dir(tmp_path):
                        os.path.join(out, report.ADVERSARIAL_CERTAINTY_FILE)]
     for path in printed:
         assert_png(path)
+
+
+def _png_size(path):
+    with open(path, "rb") as f:
+        header = f.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+
+
+def test_heatmaps_draw_best_once_when_it_is_the_last_checkpoint(tmp_path):
+    """best == last used to draw two identical columns; it is drawn once ("best = last
+    model"), so the figure holds one column of panels instead of two."""
+    matrix = [[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]
+    other = [[0.5, 0.25, 0.25], [0.2, 0.6, 0.2], [0.1, 0.1, 0.8]]
+
+    def result(best_epoch, best):
+        return {"class_names": ["a", "b", "c"], "label": "run",
+                "attack": dict(epsilon=8 / 255, step_size=2 / 255, num_steps=10,
+                               norm="linf"),
+                "examples": {"train": 3, "test": 3},
+                "epochs": {"best": best_epoch, "last": 3},
+                "matrices": {s: {"best": best, "last": matrix} for s in ("train", "test")},
+                "mean_true_class_probability": {s: {"best": 0.6, "last": 0.6}
+                                                for s in ("train", "test")}}
+
+    same = report.plot_heatmaps(result(3, matrix), str(tmp_path / "same.png"))
+    both = report.plot_heatmaps(result(2, other), str(tmp_path / "both.png"))
+    (same_w, same_h), (both_w, both_h) = _png_size(same), _png_size(both)
+    assert same_h == both_h and same_w < 0.7 * both_w

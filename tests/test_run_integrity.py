@@ -6,16 +6,22 @@ what a user would look at: the exit code, the one-line message, and that the fil
 real run are untouched (hashes before and after).
 """
 
+import csv
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
+import numpy as np
 import pytest
 
 import clitools
+from dac_tf import callbacks
+from dac_tf import checkpoints
+from dac_tf import config as config_lib
 from dac_tf import rundir
 from dac_tf import train
 
@@ -118,6 +124,79 @@ def test_rerunning_a_finished_run_says_complete_and_writes_nothing(run_copy):
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 2
 
 
+def _state(**recorded):
+    return rundir.RunState(exists=True, config=recorded, last_epochs=(1,),
+                           checkpoint_files=(1,), best_epochs=(1,), rows=())
+
+
+@pytest.mark.parametrize("schedule, flags, refused", [
+    ("cosine", dict(epochs=3), "--epochs=3"),
+    ("piecewise_at", dict(epochs=1), "--epochs=1"),
+    ("piecewise_trades", dict(epochs=120), None),
+    ("constant", dict(epochs=3, max_steps_per_epoch=2), None),
+    ("piecewise_trades", dict(max_steps_per_epoch=2), "--max_steps_per_epoch=2"),
+    ("cosine", dict(max_steps_per_epoch=50), None),      # >= the 10 batches: no change
+    ("piecewise_at", dict(max_steps_per_epoch=0), None),
+])
+def test_the_resume_rule_keeps_every_planned_batch_rate(schedule, flags, refused):
+    """A run planned as 2 epochs of 10 batches (1280 examples in batches of 128)."""
+    values = dict(method="at", lr_schedule=schedule, epochs=2, batch_size=128,
+                  max_steps_per_epoch=0, model_dir="run")
+    values.update(flags)
+    config = config_lib.resolve(values)
+    state = _state(epochs=2, max_steps_per_epoch=0, lr_schedule=schedule)
+    if refused is None:
+        train._check_schedule_kept(config, state, train_size=1280)
+    else:
+        with pytest.raises(config_lib.ConfigError, match=refused):
+            train._check_schedule_kept(config, state, train_size=1280)
+
+
+@pytest.mark.slow   # two trainings; the rule itself: the test above
+def test_a_resume_keeps_every_batch_at_its_planned_rate(tmp_path):
+    """piecewise_trades drops at fixed epochs: more epochs continue the same formula
+    and are allowed; other batches per epoch would move every batch to another rate
+    and are refused."""
+    model_dir = tmp_path / "trades"
+    flags = ("--lr_schedule=piecewise_trades", "--num_steps=1", "--select_steps=1",
+             "--eval_examples=16", "--val_size=0")
+    assert run_train(model_dir, "--epochs=1", *flags).code == 0
+    before = clitools.tree_hashes(model_dir)
+    result = run_train(model_dir, "--epochs=2", "--max_steps_per_epoch=2", "--resume",
+                       *flags)
+    assert_one_line_error(result, "--max_steps_per_epoch=2", "2 batches per epoch where "
+                          "the run has 3", "--max_steps_per_epoch=3")
+    assert clitools.tree_hashes(model_dir) == before
+    result = run_train(model_dir, "--epochs=2", "--resume", *flags)
+    assert result.code == 0, result.stderr
+    rows = rundir.read_metrics(str(model_dir))
+    assert [r["epoch"] for r in rows] == [1, 2]
+    # The rate of epoch 2 (batches 3..5) is the formula's: lr before epoch 75.
+    assert rows[1]["lr"] == pytest.approx(0.05)
+
+
+def test_columns_a_user_added_to_metrics_csv_survive_a_resume(run_copy):
+    path = run_copy / "metrics.csv"
+    with open(path, newline="") as f:
+        records = list(csv.DictReader(f))
+    notes = ['looks fine', 'spike, "check" lr']         # a comma and quotes: CSV-quoted
+    for record, note, score in zip(records, notes, ("0.5", "7e-3")):
+        record.update(note=note, my_score=score)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert result.code == 0, result.stderr
+    with open(path, newline="") as f:
+        after = list(csv.DictReader(f))
+    assert [r["epoch"] for r in after] == ["1", "2", "3"]
+    assert [r["note"] for r in after] == notes + [""]
+    assert [r["my_score"] for r in after] == ["0.5", "7e-3", ""]
+    for old, new in zip(records, after):            # the known columns are unchanged
+        assert all(new[k] == old[k] for k in rundir.METRIC_COLUMNS)
+
+
 def test_a_resume_removes_what_killed_writers_left(run_copy):
     (run_copy / "metrics.csv.tmp-123-abcd").write_text("half")
     (run_copy / "checkpoints" / "ckpt-3_temp").mkdir()
@@ -140,6 +219,22 @@ def test_a_failed_start_leaves_no_run_directory(tmp_path):
     assert not model_dir.exists()
 
 
+@pytest.mark.parametrize("case", ["longer_than_path_max", "name_longer_than_name_max",
+                                  "parent_is_a_file"])
+def test_a_model_dir_that_cannot_be_created_leaves_no_folder(tmp_path, case):
+    """makedirs creates the folders it can before the one that fails: a path longer
+    than PATH_MAX used to leave ~20 empty nested folders behind its one-line error."""
+    (tmp_path / "file").write_text("x")
+    model_dir = {
+        "longer_than_path_max": tmp_path / "a" / "/".join(["d" * 200] * 25),
+        "name_longer_than_name_max": tmp_path / "a" / "b" / ("c" * 300),
+        "parent_is_a_file": tmp_path / "file" / "run",
+    }[case]
+    result = run_train(model_dir)
+    assert_one_line_error(result, "cannot be created")
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
 def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path):
     model_dir = tmp_path / "runs" / "nan"
     failed = run_train(model_dir, "--lr=1e30")
@@ -153,6 +248,43 @@ def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path
     fixed = run_train(model_dir, "--lr=0.05")
     assert fixed.code == 0, fixed.stderr
     assert json.loads((model_dir / "config.json").read_text())["lr"] == 0.05
+
+
+def test_an_epoch_that_overflows_the_weights_is_a_failed_epoch(tmp_path):
+    """The reported case: the one update of epoch 1 sends the weights to ~1e36 after
+    that batch's finite loss was logged; validation then scores NaN logits. The epoch
+    must fail (one line naming it, exit 2) and nothing of it may be saved."""
+    model_dir = tmp_path / "runs" / "overflow"
+    result = run_train(model_dir, "--lr=1e38", "--max_steps_per_epoch=1", "--nouse_dac")
+    assert_one_line_error(result, "epoch 1 ended with non-finite", "no checkpoint")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_failed_later_epoch_keeps_the_previous_checkpoints_newest(tmp_path, monkeypatch):
+    """Epoch 2 ends with NaN weights (injected after its validation, so every logged
+    value is finite): it is not saved; epoch 1's checkpoints and row stay the newest (a
+    run directory any resume continues from, tested above)."""
+    model_dir = tmp_path / "run"
+    original = callbacks.EpochInfo.on_epoch_end
+
+    def poison_epoch_2(self, epoch, logs=None):
+        if epoch == 1:
+            weight = self.model.base_model.trainable_variables[0]
+            weight.assign(np.full(weight.shape, np.nan, np.float32))
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(callbacks.EpochInfo, "on_epoch_end", poison_epoch_2)
+    cheap = ("--num_steps=1", "--select_steps=1", "--eval_examples=16", "--val_size=0")
+    failed = run_train(model_dir, *cheap)
+    assert_one_line_error(failed, "epoch 2 ended with non-finite weights",
+                          "the checkpoints of epoch 1 stay the newest")
+    state = rundir.inspect(str(model_dir))
+    assert state.last_epochs == (1,) and state.best_epochs == (1,)
+    assert [r["epoch"] for r in state.rows] == [1]
+    model, _ = checkpoints.load_model(str(model_dir), "last")
+    assert all(np.all(np.isfinite(w)) for w in model.get_weights())
+    assert not (model_dir / rundir.LOCK_FILE).exists()
+
 
 
 @pytest.mark.parametrize("flag", ["--lr=inf", "--lr=nan", "--epsilon=nan",
@@ -195,6 +327,112 @@ def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     rundir.RunLock(str(tmp_path)).acquire().release()
 
 
+def test_a_reused_pid_is_stale_and_the_same_process_start_is_not(tmp_path):
+    """Same host, live pid: the holder is that process only if it started when the lock
+    says (/proc start time); otherwise the pid was reused and the lock is stale."""
+    start = rundir._process_start(os.getpid())
+    if start is None:
+        pytest.skip("needs /proc")
+    holder = dict(pid=os.getpid(), host=os.uname().nodename, start=start, time=time.time())
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))
+    with pytest.raises(rundir.RunDirError, match="in use by another training process"):
+        rundir.RunLock(str(tmp_path)).acquire()
+    holder["start"] = start + 1            # the pid now runs a later process
+    (tmp_path / rundir.LOCK_FILE).write_text(json.dumps(holder))
+    with rundir.RunLock(str(tmp_path)) as taken:
+        assert taken.holder()["start"] == start
+
+
+_HOST = os.uname().nodename
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"  \n", b"garbage", b"\xff\xfe\x00binary", b"[1, 2]", b'"a string"', b"null",
+    b'{"pid": "abc", "host": "%s", "start": null, "time": 1.0}' % _HOST.encode(),
+    b'{"pid": 1, "host": "%s", "start": null, "time": "yesterday"}' % _HOST.encode(),
+    b'{"pid": true, "host": "%s", "start": null, "time": 1.0}' % _HOST.encode(),
+    b'{"pid": 1, "host": ["%s"], "start": null, "time": 1.0}' % _HOST.encode(),
+    b'{"pid": 1, "host": "%s", "start": "x", "time": 1.0}' % _HOST.encode(),
+    b'{"pid": 1, "host": "%s", "start": null, "time": NaN}' % _HOST.encode(),
+    b'{"pid": -5, "host": "%s", "start": null, "time": 1.0}' % _HOST.encode(),
+    b'{"pid": 123}',
+])
+def test_a_lock_that_is_not_a_record_is_refused_with_how_to_clear_it(tmp_path, content):
+    """One rule for any content: only a record that proves its holder gone is taken
+    over; anything else is refused (never a traceback, never a silent take-over)."""
+    lock = tmp_path / rundir.LOCK_FILE
+    lock.write_bytes(content)
+    with pytest.raises(rundir.RunDirError) as refused:
+        rundir.RunLock(str(tmp_path)).acquire()
+    message = str(refused.value)
+    assert str(lock) in message and f"delete {lock}" in message and "\n" not in message
+    assert lock.read_bytes() == content
+
+
+def test_a_lock_file_being_created_is_never_seen_partial(tmp_path):
+    """The lock is created whole: a reader polling it while processes take and release
+    it sees no file or a complete record, never an empty or half-written one (which a
+    contender could otherwise mistake for a stale lock)."""
+    path = tmp_path / rundir.LOCK_FILE
+    seen, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                seen.append(path.read_bytes())
+            except FileNotFoundError:
+                pass
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for _ in range(300):
+            rundir.RunLock(str(tmp_path)).acquire().release()
+    finally:
+        stop.set()
+        reader.join()
+    assert seen, "the reader never saw the lock"
+    partial = [text for text in seen if rundir.parse_lock_record(text.decode()) is None]
+    assert partial == []
+
+
+def test_contenders_for_a_stale_lock_end_with_exactly_one_holder(tmp_path):
+    """Six contenders (threads: separate opens of the directory) find the same stale
+    lock at once; one takes it over, the others are refused naming the live holder. A
+    contender that removed the stale lock after another had replaced it would make two
+    holders."""
+    path = tmp_path / rundir.LOCK_FILE
+    for _ in range(30):
+        stale = dict(pid=_dead_pid(), host=_HOST, start=None, time=time.time())
+        path.write_text(json.dumps(stale))
+        barrier, holders, refused = threading.Barrier(6), [], []
+
+        def contend():
+            barrier.wait()
+            try:
+                holders.append(rundir.RunLock(str(tmp_path)).acquire())
+            except rundir.RunDirError as e:
+                refused.append(str(e))
+
+        threads = [threading.Thread(target=contend) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(holders) == 1 and len(refused) == 5, (holders, refused)
+        assert all(f"pid {os.getpid()}" in r for r in refused)
+        holders[0].release()
+        assert not path.exists()
+
+
+def test_a_lock_file_with_garbage_refuses_the_run_and_changes_nothing(run_copy):
+    (run_copy / rundir.LOCK_FILE).write_text("[1, 2]")
+    before = clitools.tree_hashes(run_copy)
+    result = run_train(run_copy, "--epochs=3", "--resume")
+    assert_one_line_error(result, str(run_copy / rundir.LOCK_FILE), "not a lock record")
+    assert clitools.tree_hashes(run_copy) == before
+
+
 @pytest.mark.slow   # a second TensorFlow process holds the lock for real
 def test_a_second_training_on_a_live_run_is_refused_and_a_killed_one_restarts(tmp_path):
     model_dir = tmp_path / "live"
@@ -221,6 +459,19 @@ def test_a_second_training_on_a_live_run_is_refused_and_a_killed_one_restarts(tm
                                                  "--epochs=1"])
     assert restarted.code == 0, restarted.stderr
     assert not (model_dir / rundir.LOCK_FILE).exists()
+
+
+@pytest.mark.slow   # ~15 s of MirroredStrategy tracing; the step: tests/test_distribute.py
+def test_a_batch_that_does_not_split_over_the_replicas_trains(tmp_path):
+    """`--cpu_replicas=2 --batch_size=63` (32 + 31 per batch) used to stop at the first
+    batch with an AddN traceback from Keras' build; the step is exact for any split
+    (tests/test_distribute.py compares it with one device)."""
+    result = run_train(tmp_path / "run", "--cpu_replicas=2", "--batch_size=63",
+                       "--max_steps_per_epoch=2", "--epochs=1", "--num_steps=1",
+                       "--select_steps=1", "--eval_examples=16")
+    assert result.code == 0, result.stderr
+    (row,) = rundir.read_metrics(str(tmp_path / "run"))
+    assert np.isfinite(row["train_loss"]) and 0 <= row["val_robust_accuracy"] <= 1
 
 
 @pytest.mark.slow   # a full epoch on 2 replicas; tests/test_distribute.py covers the step

@@ -152,3 +152,20 @@ def test_from_optimizer_reads_the_schedule_through_the_config():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="lr_schedule"):
         schedules.build("step", 0.1, 1, 1)
+
+
+@pytest.mark.parametrize("name", schedules.SCHEDULES)
+def test_depends_on_epochs_says_which_schedules_a_longer_run_would_change(name):
+    """`--resume --epochs=N` is allowed only for the schedules whose rates of the
+    planned batches do not depend on the run's epochs; check the claim on the formulas:
+    a 4-epoch plan against an 8-epoch one over the first 4 epochs."""
+    planned = rates(schedules.build(name, 0.1, 4, 5), 20)
+    longer = schedules.build(name, 0.1, 8, 5)
+    same = np.array_equal(planned, rates(longer, 20))
+    assert same == (not schedules.depends_on_epochs(name))
+    if name == "piecewise_trades":
+        # The epochs a longer run adds follow the same formula (the reference's
+        # adjust_learning_rate), through its drops at epochs 75, 90 and 100.
+        np.testing.assert_array_equal(
+            rates(schedules.build(name, 0.1, 76, 2), 2 * 110),
+            reference_trades(0.1, 110, 2))

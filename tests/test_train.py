@@ -2,7 +2,10 @@
 
 import csv
 import json
+import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,6 +104,23 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, expected):
     assert len(error_lines) >= 1 and len(error_lines[-1]) < 600
 
 
+def test_help_marks_the_flags_resume_may_change():
+    """`--resume`'s help refers to "the flags marked [resumable]": exactly the flags
+    `--resume` accepts a change of carry that mark in `--help`."""
+    result = clitools.run_main(train, ["--help"])
+    assert result.code == 0
+    text = " ".join(result.stdout.split())
+    assert f"marked {config_lib.RESUMABLE_MARK} to change" in text
+    marked = set()
+    for block in re.split(r"\s(?=--(?:\[no\])?[a-z_]+: )", text):
+        match = re.match(r"--(?:\[no\])?([a-z_]+): ", block)
+        if match and block.rstrip().count(config_lib.RESUMABLE_MARK) and \
+                match.group(1) != "resume":
+            marked.add(match.group(1))
+    assert marked == set(train.RESUME_MAY_CHANGE) == {
+        "epochs", "eval_examples", "max_steps_per_epoch", "jit_compile"}
+
+
 # -------------------------------------------------------------- end to end
 def weights(model_dir, which="last"):
     model, _ = checkpoints.load_model(str(model_dir), which)
@@ -144,6 +164,83 @@ def test_end_to_end_run_writes_everything(tmp_path):
     # Same model_dir, different flags: refused without --resume.
     again = run_cli(tiny_flags(model_dir, lr=0.01))
     assert again.returncode != 0 and "--lr" in again.stderr and "Traceback" not in again.stderr
+
+
+def _tensorboard_scalars(log_dir):
+    """{run: {tag: [(step, value)]}} of the event files under `log_dir`."""
+    import tensorflow as tf
+    scalars = {}
+    for run in sorted(os.listdir(log_dir)):
+        for name in sorted(os.listdir(os.path.join(log_dir, run))):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(log_dir, run, name)):
+                for value in event.summary.value:
+                    number = float(tf.make_ndarray(value.tensor)) if value.HasField(
+                        "tensor") else value.simple_value
+                    scalars.setdefault(run, {}).setdefault(value.tag, []).append(
+                        (event.step, number))
+    return scalars
+
+
+COSINE = dict(epochs=3, max_steps_per_epoch=3, lr=0.05, lr_schedule="cosine",
+              num_steps=1, select_steps=1, eval_examples=32)
+
+
+@pytest.fixture(scope="module")
+def cosine_run(tmp_path_factory):
+    """A finished 3-epoch run whose learning rate falls at every batch."""
+    model_dir = tmp_path_factory.mktemp("cosine") / "run"
+    result = run_cli(tiny_flags(model_dir, **COSINE))
+    assert result.returncode == 0, result.stderr[-2000:]
+    return model_dir
+
+
+def test_logs_say_what_each_epoch_trained_with(cosine_run):
+    """`lr` is the rate of the epoch's first batch (a cosine schedule lowers it at every
+    batch; the rate after the epoch, which the logs used to show, is the next epoch's),
+    TensorBoard has one learning-rate key, and the test metrics have their own run."""
+    epochs, steps, lr = COSINE["epochs"], COSINE["max_steps_per_epoch"], COSINE["lr"]
+    rows = rundir.read_metrics(str(cosine_run))
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        first_batch = (row["epoch"] - 1) * steps
+        expected = lr * 0.5 * (1 + math.cos(math.pi * first_batch / (epochs * steps)))
+        assert row["lr"] == pytest.approx(expected, rel=1e-5), row
+    assert rows[0]["lr"] == pytest.approx(lr)
+    scalars = _tensorboard_scalars(cosine_run / "tensorboard")
+    assert set(scalars) == {"train", "validation", "test"}
+    rate_tags = [t for run in scalars.values() for t in run
+                 if "lr" in t or "learning_rate" in t]
+    assert rate_tags == ["epoch_lr"]
+    assert [v for _, v in scalars["train"]["epoch_lr"]] == pytest.approx(
+        [r["lr"] for r in rows])
+    assert not [t for t in scalars["train"] if "test" in t or "robust" in t]
+    for run, prefix in (("validation", "val"), ("test", "test")):
+        steps_logged, values = zip(*scalars[run]["epoch_robust_accuracy"])
+        assert list(steps_logged) == [r["epoch"] for r in rows]
+        assert list(values) == pytest.approx(
+            [r[f"{prefix}_robust_accuracy"] for r in rows], rel=1e-5)
+
+
+def test_a_resume_never_replans_an_epoch_dependent_schedule(cosine_run, tmp_path):
+    """The quickstart case: a finished cosine run resumed with more epochs used to
+    restart from a rate near lr (0 -> 0.0073). Refused, with what to do; nothing
+    changed; the 'complete' message no longer suggests it."""
+    model_dir = tmp_path / "run"
+    shutil.copytree(cosine_run, model_dir)
+    before = clitools.tree_hashes(model_dir)
+    complete = run_cli(tiny_flags(model_dir, **COSINE))
+    assert complete.returncode == 0 and "is complete: 3 of 3" in complete.stdout
+    assert "--resume --epochs" not in complete.stdout
+    assert f"--flagfile={model_dir / 'flags.cfg'} --epochs=N" in complete.stdout
+    for epochs in (4, 10):
+        result = run_cli(tiny_flags(model_dir, **dict(COSINE, epochs=epochs), resume=True))
+        assert result.returncode == 2, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+        for needle in (f"--epochs={epochs}", "--lr_schedule=cosine", "start a new run",
+                       "--flagfile="):
+            assert needle in lines[0], lines[0]
+        assert clitools.tree_hashes(model_dir) == before
 
 
 @pytest.mark.slow   # a real process killed mid-run, then two trainings

@@ -438,6 +438,7 @@ def _outputs(x, adv, logits, correct):
     delta = tf.reshape(adv - x, [tf.shape(x)[0], -1])
     flat = tf.reshape(adv, [tf.shape(x)[0], -1])
     return dict(correct=correct,
+                finite=tf.reduce_all(tf.math.is_finite(logits), axis=1),
                 certainty=certainty.per_example_certainty(logits, "std"),
                 linf=tf.reduce_max(tf.abs(delta), axis=1),
                 l2=tf.norm(delta, axis=1),
@@ -529,7 +530,8 @@ def make_batch_fn(logits_fn, settings, jit_compile=False):
 
     Returns:
       A `BatchFn` returning a dict of per-example tensors: `correct` (bool, the model
-      is right on every restart's output), `certainty` (AC, "std" measure, of the
+      is right on every restart's output), `finite` (bool, every logit of the kept
+      output is finite), `certainty` (AC, "std" measure, of the
       logits on the kept adversarial example: the restart with the highest attack
       loss, as the robust-overfitting code keeps), `linf` / `l2` (distance to `x`),
       `in_box` (bool).

@@ -201,6 +201,7 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
     if int(y.max()) >= logits0.shape[1]:
         raise EvaluationError(f"labels go up to {int(y.max())} but the model has "
                               f"{logits0.shape[1]} outputs (wrong --dataset?).")
+    _refuse_non_finite(np.all(np.isfinite(logits0), axis=1), record, "the first ")
     pre_checks = _pre_checks(logits_fn, x[first], y[first], norm) if sanity_checks else []
     _warn_failed(pre_checks)
 
@@ -213,6 +214,7 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
         attack_lib.make_batch_fn(logits_fn, clean_settings, jit_compile),
         x, y, batch_size=batch_size, progress=progress("clean"))
     clean_seconds = time.perf_counter() - t0
+    _refuse_non_finite(clean["finite"], record)
     clean_flags = results.flags_to_str(clean["correct"])
     record["clean_accuracy"] = float(clean["correct"].mean())
     record["robust_flags"]["__clean__"] = clean_flags
@@ -262,6 +264,36 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
     _finish(record, specs, clean["correct"], clean_certainty, pre_checks, n)
     update()
     return record
+
+
+def _refuse_non_finite(finite, record, which=""):
+    """Refuses a model with a NaN or infinite logit on an evaluated example.
+
+    Accuracies of such a model are meaningless (argmax of NaN logits is class 0), and
+    its sanity checks fail for reasons they would misname (a NaN forward pass is not
+    "deterministic"). A training run whose weights overflowed gives such logits.
+
+    Args:
+      finite: bool [n], whether every logit of each example is finite.
+      record: the record being built (its `model`, when known, names the model).
+      which: "the first " when `finite` covers the first batch only.
+
+    Raises:
+      EvaluationError: some logit is not finite.
+    """
+    finite = np.asarray(finite, bool)
+    if finite.all():
+        return
+    bad = np.flatnonzero(~finite)
+    model = record.get("model")
+    what = f"--model={model}" if model else "the model"
+    if record.get("checkpoint"):
+        what += f" ({record['checkpoint']} checkpoint)"
+    raise EvaluationError(
+        f"{what} outputs non-finite logits (NaN or Inf) on {len(bad)} of {which}{len(finite)} "
+        f"evaluated examples (the first is example {int(bad[0])}); its accuracies would "
+        "be meaningless, so it is not evaluated. Its weights have overflowed or are "
+        "damaged: evaluate an earlier checkpoint or retrain (e.g. with a lower --lr).")
 
 
 def _copy_stored(record, old, spec, settings):
