@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from dac_tf import attacks
 from dac_tf import certainty
+from dac_tf import data
 from dac_tf import errors
 from dac_tf import model as model_lib
 from dac_tf import protocol
