@@ -590,7 +590,7 @@ def test_monitor_callbacks_keep_the_best_of_every_logged_key(tmp_path):
     assert varied >= 5   # else most checks could not tell max from min
 
 
-@pytest.mark.parametrize("key", ["val_accuracy", "adv_accuracy", "val_robust_accuracy"])
+@pytest.mark.parametrize("key", ["val_accuracy", "val_robust_accuracy"])
 def test_keras_cannot_infer_the_mode_of_other_keys_and_says_so(key):
     """What the README and DACModel's docstring state: Keras 3 infers `mode="auto"`
     only for the losses of a DACModel and refuses any other key, asking for `mode`.
