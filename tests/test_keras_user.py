@@ -262,7 +262,7 @@ def test_the_best_epoch_leaves_fit_as_weights_keras_file_and_saved_model(digits,
     wreck = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 30.0 if epoch == 2 else lr)
     path = str(tmp_path / "best.weights.h5")
     history = model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[
-        keras.callbacks.ModelCheckpoint(path, monitor="val_robust_accuracy",
+        keras.callbacks.ModelCheckpoint(path, monitor="val_robust_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True),
         recorder, wreck,
         callbacks.RobustValidation(x_val, y_val, epsilon=8 / 255, num_steps=2)])
