@@ -6,7 +6,8 @@ keep the best robust model, exactly as `python -m dac_tf.train` does:
     model.fit(train_ds, epochs=200, callbacks=[
         dac_tf.callbacks.RobustValidation(x_val, y_val, epsilon=8 / 255),
         keras.callbacks.ModelCheckpoint("best.weights.h5", monitor="val_robust_accuracy",
-                                        save_best_only=True, save_weights_only=True),
+                                        mode="max", save_best_only=True,
+                                        save_weights_only=True),
         keras.callbacks.CSVLogger("metrics.csv"),
     ])
 
@@ -16,8 +17,8 @@ mode: the reference's per-epoch evaluation) and adds `{prefix}_clean_accuracy`,
 that runs after it (checkpointing, early stopping, CSV, TensorBoard) sees them.
 `DACModel.fit` runs every `RobustValidation` first whatever its place in the list
 (`ordered`); a plain `keras.Model` takes `callbacks=ordered([...])`.
-`robust_accuracy`/`clean_accuracy` are maximised and `adv_certainty` minimised by
-Keras' `mode="auto"` (`METRIC_DIRECTIONS`).
+Keras' monitor callbacks cannot infer the direction of these keys: pass `mode="max"`
+for `robust_accuracy`/`clean_accuracy` and `mode="min"` for `adv_certainty`.
 
 The other callbacks are the training CLI's own pieces (the non-finite loss and epoch
 stops, checkpoints, progress, TensorBoard with a run per split); they are public so that a custom loop can drive the same list
@@ -38,11 +39,6 @@ from dac_tf import data
 from dac_tf import errors
 from dac_tf import model as model_lib
 from dac_tf import protocol
-
-# The direction of each value `RobustValidation` logs, as Keras' `mode="auto"` reads it
-# through `DACModel.metrics` (`dac_tf.model.METRIC_DIRECTIONS`, the one table).
-METRIC_DIRECTIONS = {key: model_lib.METRIC_DIRECTIONS[key]
-                     for key in ("clean_accuracy", "robust_accuracy", "adv_certainty")}
 
 
 class NonFiniteLossError(errors.UserError):

@@ -11,14 +11,16 @@ on POSIX). On other filesystems it is written to a temporary object and renamed 
 `tf.io.gfile.rename(overwrite=True)`: object stores make each object visible whole
 when it is closed, but a rename there is copy-then-delete, so a crash between the two
 leaves the old file in place plus a `*.tmp-*` object, which `remove_temporaries`
-deletes at the next start.
+deletes at the next start. A temporary name records its writer (`dac_tf.scratch`), so
+only the leftovers of writers that are gone are deleted, never a live writer's.
 """
 
 import json
 import os
-import uuid
 
 import tensorflow as tf
+
+from dac_tf import scratch
 
 # Temporary names carry this marker, so leftovers of a killed writer can be found.
 TMP_MARKER = ".tmp-"
@@ -35,8 +37,10 @@ def first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _tmp_name(path):
-    return f"{path}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+def temporary_name(path):
+    """A temporary name beside `path` that records this process as its writer:
+    `path.tmp-PID-START-HOST-TIME-RANDOM` (`dac_tf.scratch.scratch_name`)."""
+    return scratch.scratch_name(f"{path}{TMP_MARKER.rstrip('-')}")
 
 
 def write_atomic(path, content):
@@ -47,7 +51,7 @@ def write_atomic(path, content):
         full. The old file is then untouched and no temporary file is left.
     """
     mode = "wb" if isinstance(content, bytes) else "w"
-    tmp = _tmp_name(path)
+    tmp = temporary_name(path)
     try:
         if is_local(path):
             with open(tmp, mode, **({} if mode == "wb" else {"encoding": "utf-8"})) as f:
@@ -123,8 +127,16 @@ def remove_tree(path):
             pass
 
 
-def remove_temporaries(directory):
-    """Deletes `*.tmp-*` leftovers of killed writers directly inside `directory`.
+def remove_temporaries(directory, prefix=""):
+    """Deletes the `*.tmp-*` leftovers of writers that are gone, directly inside
+    `directory`.
+
+    A leftover is deleted when the writer its name records is gone, or when it records
+    none (`dac_tf.scratch.abandoned`); a live writer's temporary file is left alone.
+
+    Args:
+      directory: the folder to clean.
+      prefix: only names starting with it (e.g. "eval_best.json").
 
     Returns:
       The paths removed.
@@ -134,7 +146,7 @@ def remove_temporaries(directory):
         return removed
     for name in tf.io.gfile.listdir(directory):
         name = name.rstrip("/")
-        if TMP_MARKER in name:
+        if name.startswith(prefix) and TMP_MARKER in name and scratch.abandoned(name):
             path = os.path.join(directory, name)
             remove_tree(path)
             removed.append(path)

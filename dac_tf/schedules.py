@@ -31,6 +31,7 @@ def depends_on_epochs(name):
     """Whether schedule `name`'s rate at a batch depends on the run's epochs."""
     return name in EPOCH_DEPENDENT
 
+
 _PiecewiseConstantDecay = keras.optimizers.schedules.PiecewiseConstantDecay
 
 
@@ -184,23 +185,3 @@ def from_optimizer(optimizer):
     if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
         return schedule
     return None
-
-
-class _Legacy:
-    """Reads a schedule class dac_tf 0.1.0 registered (`.keras` files of DACModels compiled
-    with it name them) as the Keras schedule that replaced it."""
-
-    def __init__(self, build_fn):
-        self._build = build_fn
-
-    def from_config(self, config):
-        return self._build(**config)
-
-
-keras.saving.get_custom_objects().update({
-    "dac_tf>PiecewiseAT": _Legacy(piecewise_at),
-    "dac_tf>PiecewiseTRADES": _Legacy(piecewise_trades),
-    "dac_tf>Cosine": _Legacy(lambda learning_rate, total_steps:
-                             keras.optimizers.schedules.CosineDecay(learning_rate,
-                                                                    total_steps)),
-})

@@ -78,7 +78,8 @@ def main(output_dir, epochs=8, seed=0, verbose=2):
         # Reads val_robust_accuracy, although RobustValidation comes later in the list:
         # DACModel.fit runs RobustValidation first.
         keras.callbacks.ModelCheckpoint(best_weights, monitor="val_robust_accuracy",
-                                        save_best_only=True, save_weights_only=True),
+                                        mode="max", save_best_only=True,
+                                        save_weights_only=True),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "metrics.csv")),
         # PGD-10, step epsilon/4 (the AT reference's per-epoch attack). CIFAR-10: 1,000
         # held-out training images, epsilon=8/255.

@@ -7,7 +7,7 @@ loop of signed gradient steps for the attack, the losses from their formulas, an
 SGD (coupled L2 before momentum, b = mu*b + g, w -= lr*b) in NumPy. Only the gradients of
 the model come from a GradientTape.
 
-Below those: DACModel as a Keras model in user code (`mode="auto"` callbacks, get_config,
+Below those: DACModel as a Keras model in user code (monitor callbacks, get_config,
 `.keras` files that continue training).
 """
 
@@ -536,14 +536,20 @@ def test_reference_defaults_per_method():
 
 
 # ------------------------------------------------ DACModel as a Keras model in user code
-# The direction each log key must get from Keras' mode="auto", written out here rather
-# than read from dac_tf: accuracies up; losses and adversarial certainty down.
+# The direction of each log key, written out here rather than read from dac_tf:
+# accuracies up; losses and adversarial certainty down.
 EXPECTED_DIRECTIONS = {
     "loss": "down", "adv_accuracy": "up", "adv_certainty": "down", "ac_loss": "down",
     "clean_accuracy": "up", "val_loss": "down", "val_accuracy": "up",
     "val_robust_accuracy": "up", "val_clean_accuracy": "up", "val_adv_certainty": "down",
 }
 ROBUST_VALIDATION_KEYS = ("val_robust_accuracy", "val_clean_accuracy", "val_adv_certainty")
+# The `mode=` the README tells a user to pass; Keras infers only the losses' ("auto").
+MODES = {"up": "max", "down": "min"}
+
+
+def documented_mode(key):
+    return "auto" if key in ("loss", "val_loss") else MODES[EXPECTED_DIRECTIONS[key]]
 
 
 class _AddRobustValidationLogs(keras.callbacks.Callback):
@@ -557,17 +563,19 @@ class _AddRobustValidationLogs(keras.callbacks.Callback):
             logs[key] = self.VALUES[epoch]
 
 
-def test_mode_auto_monitors_every_logged_key_in_its_direction(tmp_path):
-    """EarlyStopping and ModelCheckpoint without `mode=` run for every key DACModel (and
-    the robust-validation callback) logs, and keep the max (up) or min (down) of it."""
+def test_monitor_callbacks_keep_the_best_of_every_logged_key(tmp_path):
+    """EarlyStopping and ModelCheckpoint run for every key DACModel (and the
+    robust-validation callback) logs, with the `mode` the README documents (Keras'
+    "auto" for the losses), and keep the max (up) or min (down) of it."""
     x, y = batch(13, n=2 * BATCH)
     model = dac(make_base(13), "at", True, reference_bn_updates=True)
     model.compile(optimizer=optimizers.TorchSGD(0.05, momentum=MOMENTUM))
-    stoppers = {k: keras.callbacks.EarlyStopping(monitor=k, patience=10)
+    stoppers = {k: keras.callbacks.EarlyStopping(monitor=k, mode=documented_mode(k),
+                                                 patience=10)
                 for k in EXPECTED_DIRECTIONS}
     checkpoints = {k: keras.callbacks.ModelCheckpoint(
-        str(tmp_path / f"{k}.weights.h5"), monitor=k, save_best_only=True,
-        save_weights_only=True) for k in EXPECTED_DIRECTIONS}
+        str(tmp_path / f"{k}.weights.h5"), monitor=k, mode=documented_mode(k),
+        save_best_only=True, save_weights_only=True) for k in EXPECTED_DIRECTIONS}
     history = model.fit(x, y, batch_size=BATCH, epochs=3, shuffle=False, verbose=0,
                         validation_data=(x, y),
                         callbacks=[_AddRobustValidationLogs(), *stoppers.values(),
@@ -582,15 +590,31 @@ def test_mode_auto_monitors_every_logged_key_in_its_direction(tmp_path):
     assert varied >= 5   # else most checks could not tell max from min
 
 
+@pytest.mark.parametrize("key", ["val_accuracy", "val_robust_accuracy"])
+def test_keras_cannot_infer_the_mode_of_other_keys_and_says_so(key):
+    """What the README and DACModel's docstring state: Keras 3 infers `mode="auto"`
+    only for the losses of a DACModel and refuses any other key, asking for `mode`.
+    If a Keras release starts inferring them, this fails and the docs must change."""
+    x, y = batch(3, n=BATCH)
+    model = dac(make_base(3), "at", False)
+    model.compile(optimizer=optimizers.TorchSGD(0.05))
+    stopper = keras.callbacks.EarlyStopping(monitor=key, patience=10)
+    with pytest.raises(ValueError, match="mode='max'"):
+        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, validation_data=(x, y),
+                  callbacks=[_AddRobustValidationLogs(), stopper])
+
+
 def test_robust_validation_keys_get_their_direction_in_a_users_fit():
-    """`mode="auto"` on the keys `callbacks.RobustValidation` adds: the most robust
-    epoch is kept for val_robust_accuracy, the least certain for val_adv_certainty."""
+    """The keys `callbacks.RobustValidation` adds, with the documented `mode`: the most
+    robust epoch is kept for val_robust_accuracy, the least certain for
+    val_adv_certainty."""
     x, y = batch(0, n=4 * BATCH)
     model = dac(make_base(9), "at", True)
     model.compile(optimizer=optimizers.TorchSGD(learning_rate=0.05, momentum=MOMENTUM))
     watched = {"val_robust_accuracy": max, "val_clean_accuracy": max,
                "val_adv_certainty": min}
-    stoppers = {k: keras.callbacks.EarlyStopping(monitor=k, patience=10) for k in watched}
+    stoppers = {k: keras.callbacks.EarlyStopping(monitor=k, mode=documented_mode(k),
+                                                 patience=10) for k in watched}
     history = model.fit(x, y, batch_size=BATCH, epochs=3, verbose=0, callbacks=[
         callbacks.RobustValidation(x, y, epsilon=EPS, step_size=STEP, num_steps=STEPS),
         *stoppers.values()]).history

@@ -392,19 +392,6 @@ def test_cli_refuses_a_run_whose_weights_overflowed(trained, tmp_path, capsys):
     assert not output.exists()
 
 
-def test_parse_attacks_names_and_errors():
-    specs = attacks.parse_attacks("clean, fgsm,PGD20,pgd100,cw,cw20,autoattack")
-    assert [s.name for s in specs] == ["clean", "fgsm", "PGD20", "pgd100", "cw", "cw20",
-                                       "autoattack"]
-    assert [(s.kind, s.steps) for s in specs][2:6] == [("pgd", 20), ("pgd", 100),
-                                                       ("cw", 30), ("cw", 20)]
-    assert [attacks.column_label(s) for s in specs] == [
-        "Clean", "FGSM", "PGD-20", "PGD-100", "CW-inf", "CW-inf-20", "AutoAttack"]
-    for bad in ("pgd", "pgd0", "deepfool", "", "cw,cw30", "pgd20,pgd20"):
-        with pytest.raises(attacks.AttackError):
-            attacks.parse_attacks(bad)
-
-
 # ------------------------------------------------------------------- models, table
 def test_saved_model_export_base_dir_takes_the_highest_version(trained, tmp_path, digits):
     class Serving(tf.Module):

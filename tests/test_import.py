@@ -43,7 +43,8 @@ def test_a_users_python_m_program_imports_dac_tf_lightly_and_keeps_its_stderr(tm
         names = [dac_tf.callbacks.RobustValidation, dac_tf.callbacks.ordered,
                  dac_tf.serving.export_saved_model, dac_tf.evaluation.EvaluationError,
                  dac_tf.protocol.unit_value, dac_tf.errors.UserError, dac_tf.DACModel,
-                 dac_tf.models.build, dac_tf.optimizers.TorchSGD, dac_tf.schedules.build]
+                 dac_tf.models.build, dac_tf.optimizers.TorchSGD, dac_tf.schedules.build,
+                 dac_tf.evaluation.specs.parse_attacks, dac_tf.evaluation.table.markdown_table]
         print("loaded:", sorted(m for m in ("tensorflow_datasets", "cleverhans",
                                             "matplotlib") if m in sys.modules))
         sys.stdout.flush()

@@ -176,10 +176,10 @@ def test_keras_callbacks_before_robust_validation_see_its_keys(digits, tmp_path)
     model.compile(optimizer=dac_tf.optimizers.TorchSGD(0.05, momentum=0.9))
     key = "val_robust_accuracy"
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(tmp_path / "best.weights.h5"), monitor=key, save_best_only=True,
+        str(tmp_path / "best.weights.h5"), monitor=key, mode="max", save_best_only=True,
         save_weights_only=True)
-    stopping = keras.callbacks.EarlyStopping(monitor=key, patience=10)
-    plateau = keras.callbacks.ReduceLROnPlateau(monitor=key, patience=10)
+    stopping = keras.callbacks.EarlyStopping(monitor=key, mode="max", patience=10)
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor=key, mode="max", patience=10)
     logger = keras.callbacks.CSVLogger(str(tmp_path / "metrics.csv"))
     board = keras.callbacks.TensorBoard(str(tmp_path / "tb"), write_graph=False,
                                         profile_batch=0)
@@ -262,7 +262,7 @@ def test_the_best_epoch_leaves_fit_as_weights_keras_file_and_saved_model(digits,
     wreck = keras.callbacks.LearningRateScheduler(lambda epoch, lr: 30.0 if epoch == 2 else lr)
     path = str(tmp_path / "best.weights.h5")
     history = model.fit(x, y, batch_size=64, epochs=3, verbose=0, callbacks=[
-        keras.callbacks.ModelCheckpoint(path, monitor="val_robust_accuracy",
+        keras.callbacks.ModelCheckpoint(path, monitor="val_robust_accuracy", mode="max",
                                         save_best_only=True, save_weights_only=True),
         recorder, wreck,
         callbacks.RobustValidation(x_val, y_val, epsilon=8 / 255, num_steps=2)])

@@ -127,21 +127,6 @@ def test_schedules_serialize(name):
     np.testing.assert_array_equal(rates(restored, 24), rates(s, 24))
 
 
-@pytest.mark.parametrize("class_name, config, name, args", [
-    ("PiecewiseAT", {"learning_rate": 0.1, "epochs": 4, "steps_per_epoch": 3},
-     "piecewise_at", (0.1, 4, 3)),
-    ("PiecewiseTRADES", {"learning_rate": 0.1, "steps_per_epoch": 1,
-                         "milestones": [75, 90, 100]}, "piecewise_trades", (0.1, 110, 1)),
-    ("Cosine", {"learning_rate": 0.2, "total_steps": 12}, "cosine", (0.2, 4, 3)),
-])
-def test_schedules_saved_by_dac_tf_0_1_still_load(class_name, config, name, args):
-    """`.keras` files of DACModels compiled with 0.1.0's schedule classes name them."""
-    saved = {"module": "dac_tf.schedules", "class_name": class_name, "config": config,
-             "registered_name": f"dac_tf>{class_name}"}
-    loaded = keras.saving.deserialize_keras_object(saved)
-    np.testing.assert_array_equal(rates(loaded, 110), rates(schedules.build(name, *args), 110))
-
-
 def test_from_optimizer_reads_the_schedule_through_the_config():
     schedule = schedules.build("piecewise_at", 0.1, 4, 3)
     found = schedules.from_optimizer(keras.optimizers.SGD(schedule))

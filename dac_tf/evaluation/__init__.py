@@ -3,15 +3,18 @@
 Modules (each fact in one place; the CLI `dac_tf.evaluate` only reads flags and calls
 these):
 
-- `attacks`: the attack names (`pgd20`, `cw`, `autoattack`, ...), their settings (what
-  must match for a stored result to be reused) and the CleverHans attacks run on padded
-  batches.
+- `specs`: the attack names (`pgd20`, `cw`, `autoattack`, ...) and their settings (what
+  must match for a stored result to be reused).
+- `attacks`: the CleverHans attacks, run on padded batches.
+- `autoattack_runs`: AutoAttack in an evaluation (native and resumable, or the PyTorch
+  package).
 - `checks`: the sanity checks (logits, deterministic forward, gradients, eps = 0, ball
   and box, attack-strength order, black box vs white box).
 - `loading`: a training run, SavedModel or export as a function from images to logits;
   the evaluated split; the fingerprints of weights and examples that `--resume` checks.
-- `runner`: `evaluate_model` (one model, a list of attacks, one record), the AutoAttack
-  glue (native or PyTorch), `evaluate_path` (a model directory end to end).
+- `runner`: `evaluate_model` (one model, a list of attacks, one record) and
+  `evaluate_path` (a model directory end to end).
+- `progress`: the progress bars (`keras.utils.Progbar` on stderr).
 - `results`: the record's fields, the result file (JSON) written and read back with
   validation, and which stored results `--resume` may reuse.
 - `table`: the paper's markdown table.
@@ -33,7 +36,8 @@ class EvaluationError(errors.UserError):
     """A model, data set or setting that cannot be evaluated (the message says why)."""
 
 
-_SUBMODULES = ("attacks", "checks", "heatmaps", "loading", "results", "runner", "table")
+_SUBMODULES = ("attacks", "autoattack_runs", "checks", "heatmaps", "loading", "progress",
+               "results", "runner", "specs", "table")
 
 
 def __getattr__(name):

@@ -14,8 +14,12 @@ loss): a number is then comparable with the tables of other papers.
 - `cw` / `cwK`: CW-inf, the same PGD on the Carlini-Wagner margin loss with confidence
   kappa, `-max(z_y - max_{j != y} z_j + kappa, 0)` (the `cwloss` of the CAT / FAT /
   GAIRAT code bases, kappa = 50), passed to CleverHans as `loss_fn(labels=, logits=)`.
-- `autoattack`: its settings are defined here (`autoattack_settings`), its run in
-  `dac_tf.evaluation.runner`.
+- `autoattack`: its settings are in `dac_tf.evaluation.specs`, its run in
+  `dac_tf.evaluation.autoattack_runs`.
+
+The names and settings of every attack are `dac_tf.evaluation.specs` (no CleverHans
+import); they are importable from here too, as `dac_tf.evaluate` and `dac_tf.bench`
+use them.
 
 Two things differ from calling `projected_gradient_descent` itself, for reasons that
 matter in an evaluation (a test checks the iteration is CleverHans's, bit for bit, from
@@ -46,10 +50,7 @@ the full size so that the `tf.function` is traced once, and the padded rows are 
 before anything is counted.
 """
 
-import dataclasses
-import re
 import weakref
-import zlib
 
 import numpy as np
 import tensorflow as tf
@@ -57,111 +58,20 @@ from cleverhans.tf2.attacks.fast_gradient_method import fast_gradient_method
 from cleverhans.tf2.utils import clip_eta
 
 from dac_tf import attacks as training_attacks
-from dac_tf import autoattack
 from dac_tf import batching
 from dac_tf import certainty
-from dac_tf import errors
 from dac_tf import protocol
 from dac_tf import seeds
+from dac_tf.evaluation import specs
+from dac_tf.evaluation.specs import DEFAULT_CW_CONFIDENCE
+# The names and settings, importable as attacks.X too (see the module docstring).
+from dac_tf.evaluation.specs import (  # noqa: F401  pylint: disable=unused-import
+    AUTOATTACK_BUDGETS, AUTOATTACK_IMPLS, AUTOATTACK_PACKAGES, AUTOATTACK_STANDARD,
+    DEFAULT_CW_STEPS, DEFAULT_STEP_FRACTION, KINDS, NORMS, VALID_ATTACKS_TEXT,
+    WHITE_BOX_AUTOATTACK, AttackError, AttackSpec, attack_seed, attack_settings,
+    autoattack_label, autoattack_settings, column_label, parse_attacks)
 
-NORMS = training_attacks.NORMS
-KINDS = ("clean", "fgsm", "pgd", "cw", "autoattack")
 _CLEVERHANS_NORM = {"linf": np.inf, "l2": 2}
-
-# CW-inf as in the CAT / FAT / GAIRAT evaluation code (`cwloss`, confidence=50,
-# perturb_steps=30, step eps/4 with a uniform random start: FAT's attack_test.py).
-DEFAULT_CW_CONFIDENCE = 50.0
-DEFAULT_CW_STEPS = 30
-# Step eps/4, i.e. 2/255 at eps = 8/255: the robust-overfitting code base's
-# `--pgd-alpha 2`, inherited by the DAC reference, and its selection attack's step.
-DEFAULT_STEP_FRACTION = protocol.SELECTION_PROTOCOLS["at"].step_fraction
-
-# The standard AutoAttack: its components and budgets are the native implementation's.
-AUTOATTACK_STANDARD = autoattack.STANDARD_ATTACKS
-AUTOATTACK_BUDGETS = autoattack.STANDARD_CONFIG
-WHITE_BOX_AUTOATTACK = ("apgd-ce", "apgd-t", "fab-t")
-# --autoattack_impl -> the PyTorch package `dac_tf.torch_bridge` runs (None: native).
-AUTOATTACK_PACKAGES = {"native": None, "official": "autoattack",
-                       "pyautoattack": "pyautoattack"}
-AUTOATTACK_IMPLS = tuple(AUTOATTACK_PACKAGES)
-
-VALID_ATTACKS_TEXT = ("clean, fgsm, pgdK (K steps, e.g. pgd20, pgd100), cw (CW-inf, "
-                      f"{DEFAULT_CW_STEPS} steps) or cwK, autoattack")
-
-
-class AttackError(errors.UserError):
-    """An attack name or setting that cannot be used (the message says what is valid)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackSpec:
-    """One entry of `--attacks`.
-
-    Attributes:
-      name: the name as given (the key of every per-attack result).
-      kind: "clean", "fgsm", "pgd", "cw" or "autoattack".
-      steps: iterations (pgd, cw); 1 for fgsm, 0 otherwise.
-    """
-    name: str
-    kind: str
-    steps: int = 0
-
-    @property
-    def canonical(self):
-        """Lower-case name with the default spelled out ("cw" -> "cw30")."""
-        return f"{self.kind}{self.steps}" if self.kind in ("pgd", "cw") else self.kind
-
-
-def parse_attacks(names):
-    """Parses `--attacks`.
-
-    Args:
-      names: a comma-separated string or a sequence of names.
-
-    Returns:
-      A tuple of `AttackSpec`, in the given order.
-
-    Raises:
-      AttackError: empty list, unknown or repeated name, zero steps.
-    """
-    if isinstance(names, str):
-        names = names.split(",")
-    names = [n.strip() for n in names if n.strip()]
-    if not names:
-        raise AttackError(f"--attacks is empty; use a comma-separated list of "
-                          f"{VALID_ATTACKS_TEXT}.")
-    specs = []
-    for name in names:
-        low = name.lower()
-        match = re.fullmatch(r"(pgd|cw)(\d*)", low)
-        if low in ("clean", "fgsm", "autoattack"):
-            spec = AttackSpec(name, low, 1 if low == "fgsm" else 0)
-        elif match and (match.group(2) or match.group(1) == "cw"):
-            steps = int(match.group(2)) if match.group(2) else DEFAULT_CW_STEPS
-            if steps < 1:
-                raise AttackError(f"--attacks: {name!r} needs at least one step.")
-            spec = AttackSpec(name, match.group(1), steps)
-        else:
-            raise AttackError(f"--attacks: unknown attack {name!r}; use "
-                              f"{VALID_ATTACKS_TEXT}.")
-        specs.append(spec)
-    canon = [s.canonical for s in specs]
-    if len(set(canon)) != len(canon):
-        raise AttackError(f"--attacks: {','.join(names)} names an attack twice.")
-    return tuple(specs)
-
-
-def column_label(spec):
-    """The attack's column header in the paper's table ("PGD-20", "CW-inf", ...)."""
-    if spec.kind == "clean":
-        return "Clean"
-    if spec.kind == "fgsm":
-        return "FGSM"
-    if spec.kind == "pgd":
-        return f"PGD-{spec.steps}"
-    if spec.kind == "cw":
-        return "CW-inf" if spec.steps == DEFAULT_CW_STEPS else f"CW-inf-{spec.steps}"
-    return "AutoAttack"
 
 
 # ----------------------------------------------------------------------------- losses
@@ -199,11 +109,6 @@ def ce_loss_fn(labels, logits):
 
 
 # ---------------------------------------------------------------------------- attacks
-def _check_norm(norm):
-    if norm not in NORMS:
-        raise AttackError(f"--norm={norm!r} is not valid; use one of {', '.join(NORMS)}.")
-
-
 def random_start(x, norm, epsilon, seed, clip_min=0.0, clip_max=1.0):
     """A uniformly random point of the ball around `x`, clipped to the box.
 
@@ -222,7 +127,7 @@ def random_start(x, norm, epsilon, seed, clip_min=0.0, clip_max=1.0):
     Returns:
       Starting points, same shape as `x`.
     """
-    _check_norm(norm)
+    specs.check_norm(norm)
     if norm == "linf":
         return training_attacks.random_init(x, "linf", epsilon, "uniform", seed,
                                             clip_min, clip_max)
@@ -255,7 +160,7 @@ def fgsm(model_fn, x, y, *, epsilon, norm="linf", loss_fn=None, clip_min=0.0, cl
     Returns:
       Adversarial images, same shape as `x`.
     """
-    _check_norm(norm)
+    specs.check_norm(norm)
     epsilon = protocol.unit_value("epsilon", epsilon)   # Python numbers; tensors pass
     return tf.stop_gradient(fast_gradient_method(
         model_fn, x, epsilon, _CLEVERHANS_NORM[norm], loss_fn=loss_fn or ce_loss_fn,
@@ -287,7 +192,7 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss_fn=N
     Returns:
       Adversarial images, same shape as `x`.
     """
-    _check_norm(norm)
+    specs.check_norm(norm)
     epsilon = protocol.unit_value("epsilon", epsilon)   # Python numbers; tensors pass
     step_size = protocol.unit_value("step_size", step_size)
     ch_norm = _CLEVERHANS_NORM[norm]
@@ -312,115 +217,6 @@ def pgd(model_fn, x, y, *, epsilon, step_size, num_steps, norm="linf", loss_fn=N
         lambda i, _: i < num_steps, body, (tf.constant(0), x_adv),
         maximum_iterations=num_steps if isinstance(num_steps, int) else None)
     return tf.stop_gradient(x_adv)
-
-
-# --------------------------------------------------------------------- settings, seeds
-def attack_settings(spec, *, epsilon, norm="linf", step_size=None, restarts=1,
-                    cw_confidence=DEFAULT_CW_CONFIDENCE, cw_step_size=None, seed=0,
-                    batch_size=None):
-    """Everything that determines a CleverHans attack's result (stored with it).
-
-    A stored result is reused on `--resume` only if these are equal.
-
-    Args:
-      spec: an `AttackSpec` of kind clean, fgsm, pgd or cw.
-      epsilon: radius in [0, 1] pixel units.
-      norm: "linf" or "l2".
-      step_size: PGD step; None: `DEFAULT_STEP_FRACTION * epsilon`.
-      restarts: random restarts of pgd / cw.
-      cw_confidence: kappa of the CW loss.
-      cw_step_size: CW-inf step; None: the PGD step.
-      seed: integer seed.
-      batch_size: batch size (the noise of batch k depends on k).
-
-    Returns:
-      A JSON-serialisable dict.
-    """
-    _check_norm(norm)
-    epsilon = protocol.unit_value("epsilon", epsilon)
-    step_size = protocol.unit_value("step_size", step_size, allow_none=True)
-    cw_step_size = protocol.unit_value("cw_step_size", cw_step_size, allow_none=True)
-    if spec.kind == "clean":
-        return dict(kind="clean")
-    if spec.kind == "fgsm":
-        return dict(kind="fgsm", norm=norm, epsilon=float(epsilon), loss="ce")
-    if spec.kind not in ("pgd", "cw"):
-        raise AttackError(f"{spec.name!r} is not a CleverHans attack.")
-    if step_size is None:
-        step_size = DEFAULT_STEP_FRACTION * epsilon
-    if spec.kind == "cw" and cw_step_size is not None:
-        step_size = cw_step_size
-    if restarts < 1:
-        raise AttackError(f"--pgd_restarts={restarts} must be at least 1.")
-    if step_size < 0 or (step_size == 0 and epsilon > 0):
-        raise AttackError(f"the step size of {spec.name} must be positive, got {step_size}.")
-    out = dict(kind=spec.kind, norm=norm, epsilon=float(epsilon), steps=int(spec.steps),
-               step_size=float(step_size), restarts=int(restarts), random_start=True,
-               loss="ce" if spec.kind == "pgd" else "cw", seed=int(seed),
-               batch_size=None if batch_size is None else int(batch_size))
-    if spec.kind == "cw":
-        out["confidence"] = float(cw_confidence)
-    return out
-
-
-def autoattack_settings(epsilon, *, seed, batch_size, options=None):
-    """The settings of one AutoAttack run (what must match for its result to be reused).
-
-    Args:
-      epsilon: L-inf budget in [0, 1] units.
-      seed: integer seed.
-      batch_size: examples per attack batch.
-      options: overrides: `impl` ("native": `dac_tf.autoattack`; "official" or
-        "pyautoattack": that PyTorch package through `dac_tf.torch_bridge`), `attacks`
-        (components, in order), `jit_compile` (not a setting: it does not change the
-        result) and the budgets `apgd_n_iter`, `fab_n_iter`, `square_n_queries`,
-        `n_target_classes` (for tests and smoke runs; anything non-default marks the
-        result non-standard).
-
-    Returns:
-      A JSON-serialisable dict.
-
-    Raises:
-      AttackError: an unknown option, component or implementation.
-    """
-    epsilon = protocol.unit_value("epsilon", epsilon)
-    options = dict(options or {})
-    unknown = set(options) - {"attacks", "jit_compile", "impl", *AUTOATTACK_BUDGETS}
-    if unknown:
-        raise AttackError(f"unknown AutoAttack options {sorted(unknown)}.")
-    components = tuple(options.pop("attacks", AUTOATTACK_STANDARD))
-    bad = [c for c in components if c not in AUTOATTACK_STANDARD]
-    if bad or not components or len(set(components)) != len(components):
-        raise AttackError(f"--autoattack_attacks={','.join(components)} must be distinct "
-                          f"names among {', '.join(AUTOATTACK_STANDARD)}.")
-    options.pop("jit_compile", None)
-    impl = options.pop("impl", "native")
-    if impl not in AUTOATTACK_IMPLS:
-        raise AttackError(f"--autoattack_impl={impl!r} is not valid; use one of "
-                          f"{', '.join(AUTOATTACK_IMPLS)}.")
-    budgets = {k: int(options.get(k, v)) for k, v in AUTOATTACK_BUDGETS.items()}
-    return dict(kind="autoattack", impl=impl, norm="linf", epsilon=float(epsilon),
-                seed=int(seed), batch_size=int(batch_size), attacks=list(components), **budgets)
-
-
-def autoattack_label(components, settings):
-    """The table header of an AutoAttack column; never "AutoAttack" for a subset."""
-    if tuple(components) != AUTOATTACK_STANDARD:
-        return f"AA({','.join(components)})"
-    if any(settings[k] != v for k, v in AUTOATTACK_BUDGETS.items()):
-        return "AutoAttack*"
-    return "AutoAttack"
-
-
-def attack_seed(seed, name):
-    """The base stateless seed of an attack family ("pgd", "cw", ...).
-
-    It depends on (seed, name) only, not on the order of the attacks, so a resumed run
-    draws the same noise. Pass the kind, not "pgd20": PGD-20 and PGD-100 then start
-    from the same random points, and PGD-100 continues PGD-20's path, so comparing
-    them isolates the effect of the extra steps.
-    """
-    return tf.constant([int(seed), zlib.crc32(name.encode()) & 0x7FFFFFFF], tf.int64)
 
 
 def _fold(seed, k):

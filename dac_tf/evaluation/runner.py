@@ -9,20 +9,18 @@ a matching stored record (`results`).
 What an evaluation does, in order: the sanity checks on the first batch (`checks`), the
 clean pass (always: it is cheap, the worst case includes it, and its predictions tell
 whether stored results belong to this model and data), each attack (CleverHans's on
-padded batches, `attacks`; AutoAttack native, `dac_tf.autoattack`, or the PyTorch
-package through `dac_tf.torch_bridge`), then the worst case, the adversarial certainty
+padded batches, `attacks`; AutoAttack, `autoattack_runs`), then the worst case, the
+adversarial certainty
 and the checks that compare attacks. The record is handed to `on_update` after the clean
 pass, every attack and every AutoAttack batch, so a caller can write it as it goes.
 """
 
-import sys
 import time
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from dac_tf import autoattack
 from dac_tf import batching
 from dac_tf import data
 from dac_tf import protocol
@@ -30,41 +28,14 @@ from dac_tf import torch_bridge
 from dac_tf.evaluation import EvaluationError
 # `attack_lib`: `attacks` is evaluate_model's argument (the names to run).
 from dac_tf.evaluation import attacks as attack_lib
+from dac_tf.evaluation import autoattack_runs
 from dac_tf.evaluation import checks
 from dac_tf.evaluation import loading
+from dac_tf.evaluation import progress as progress_lib
 from dac_tf.evaluation import results
 
 # The batch size of the DAC reference's AutoAttack script (eval_autoattack.py, bs=200).
 DEFAULT_BATCH_SIZE = 200
-
-
-class Progress:
-    """A one-line progress bar on stderr (a line per 25% when stderr is not a terminal)."""
-
-    def __init__(self, title, stream=None, width=30):
-        self.title = title
-        self.stream = stream or sys.stderr
-        self.width = width
-        self.start = time.perf_counter()
-        self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_quarter = -1
-
-    def __call__(self, done, total, elapsed=None):
-        frac = done / total if total else 1.0
-        if elapsed is None:
-            elapsed = time.perf_counter() - self.start
-        filled = int(round(self.width * frac))
-        line = (f"{self.title} [{'=' * filled}{'.' * (self.width - filled)}] "
-                f"{done}/{total} {elapsed:.1f}s")
-        if self._tty:
-            self.stream.write("\r" + line + ("\n" if done >= total else ""))
-        else:
-            quarter = int(frac * 4)
-            if quarter == self._last_quarter:
-                return
-            self._last_quarter = quarter
-            self.stream.write(line + "\n")
-        self.stream.flush()
 
 
 def _versions():
@@ -129,7 +100,7 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
         attacks with the same settings are reused, a partial AutoAttack continues.
       on_update: called with the record after the clean pass, every attack and every
         AutoAttack batch (to write it to disk).
-      show_progress: progress bars on stderr.
+      show_progress: progress bars on stderr (`keras.utils.Progbar`).
       sanity_checks: run the checks on the first batch (cheap) before the attacks.
 
     Returns:
@@ -190,7 +161,7 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
             on_update(record)
 
     def progress(title):
-        return Progress(title) if show_progress else None
+        return progress_lib.ProgressBar(title) if show_progress else None
 
     # Checks on one batch before any number is computed.
     first = slice(0, batch_size)
@@ -247,8 +218,9 @@ def evaluate_model(logits_fn, x, y, *, attacks, epsilon, batch_size=DEFAULT_BATC
         elif spec.kind == "clean":
             store(spec, clean["correct"], clean_seconds, "Clean", certainty=clean_certainty)
         elif spec.kind == "autoattack":
-            _run_autoattack(logits_fn, x, y, spec, settings[spec.name], record, previous,
-                            autoattack_options, update, show_progress)
+            autoattack_runs.run_autoattack(logits_fn, x, y, spec, settings[spec.name],
+                                           record, previous, autoattack_options, update,
+                                           show_progress)
         else:
             t0 = time.perf_counter()
             out = attack_lib.run_batched(
@@ -310,91 +282,6 @@ def _copy_stored(record, old, spec, settings):
     if spec.kind == "autoattack":
         record["autoattack"] = old.get("autoattack")
         record["autoattack_components"] = old.get("autoattack_components")
-
-
-# ---------------------------------------------------------------------- AutoAttack
-def _run_torch_autoattack(logits_fn, x, y, spec, settings, record):
-    t0 = time.perf_counter()
-    out = torch_bridge.run_official_autoattack(
-        logits_fn, x, y, epsilon=settings["epsilon"], seed=settings["seed"],
-        batch_size=settings["batch_size"], attacks=tuple(settings["attacks"]),
-        package=attack_lib.AUTOATTACK_PACKAGES[settings["impl"]],
-        **{k: settings[k] for k in attack_lib.AUTOATTACK_BUDGETS})
-    components = out["components"]
-    label = attack_lib.autoattack_label(components, settings)
-    record["autoattack_components"] = components
-    record["autoattack"] = dict(impl=settings["impl"], package=out["package"],
-                                package_version=out["package_version"],
-                                standard=label == "AutoAttack",
-                                components=components, max_linf=out["max_linf"],
-                                config={k: settings[k] for k in attack_lib.AUTOATTACK_BUDGETS})
-    record["accuracy"][spec.name] = float(np.mean(out["robust_flags"]))
-    record["robust_flags"][spec.name] = results.flags_to_str(out["robust_flags"])
-    record["seconds"][spec.name] = time.perf_counter() - t0
-    record["attack_settings"][spec.name] = settings
-    record["columns"][spec.name] = label
-
-
-def _run_autoattack(logits_fn, x, y, spec, settings, record, previous, options, update,
-                    show_progress):
-    """Runs AutoAttack, continuing a stored interrupted state when it belongs here."""
-    if attack_lib.AUTOATTACK_PACKAGES[settings["impl"]]:
-        _run_torch_autoattack(logits_fn, x, y, spec, settings, record)
-        return
-
-    name = spec.name
-    state = None
-    stored_clean = (previous or {}).get("robust_flags", {}).get("__clean__")
-    if (previous and previous.get("autoattack_state")
-            and stored_clean == record["robust_flags"]["__clean__"]
-            and previous.get("autoattack_state_settings") == settings):
-        state = previous["autoattack_state"]
-        logging.info("autoattack: resuming after %s", ", ".join(state.get("completed", []))
-                     or "the clean pass")
-    bars = {}
-
-    def on_state(s):
-        record["autoattack_state"] = s
-        record["autoattack_state_settings"] = settings
-        current = s.get("current")
-        if show_progress and current:
-            attack = current["attack"]
-            done_attacks = s.get("completed", [])
-            prev = done_attacks[-1] if done_attacks else "clean"
-            todo = int(results.str_to_flags(s["flags"][prev]).sum())
-            total = -(-todo // settings["batch_size"])
-            if attack not in bars:
-                bars[attack] = Progress(f"{name}:{attack}")
-            bars[attack](current["batches_done"], total, current.get("seconds"))
-        update()
-
-    result = autoattack.run_standard_autoattack(
-        logits_fn, x, y, epsilon=settings["epsilon"], seed=settings["seed"],
-        batch_size=settings["batch_size"], attacks=tuple(settings["attacks"]), state=state,
-        progress=on_state, apgd_n_iter=settings["apgd_n_iter"],
-        fab_n_iter=settings["fab_n_iter"], square_n_queries=settings["square_n_queries"],
-        n_target_classes=settings["n_target_classes"],
-        jit_compile=bool((options or {}).get("jit_compile", False)))
-    components = list(result.components)
-    label = attack_lib.autoattack_label(components, settings)
-    record["autoattack_components"] = components
-    record["autoattack"] = dict(
-        impl="native", standard=bool(result.is_standard), components=components,
-        accuracy_by_component={k: float(v) for k, v in result.accuracy.items()},
-        n_attacked={k: int(v) for k, v in result.n_attacked.items()},
-        seconds_by_component={k: float(v) for k, v in result.seconds.items()},
-        flags_by_component={k: results.flags_to_str(v) for k, v in result.flags.items()},
-        config=dict(result.config))
-    record["accuracy"][name] = float(result.robust_accuracy)
-    record["robust_flags"][name] = results.flags_to_str(result.robust_flags)
-    record["seconds"][name] = float(sum(result.seconds.values()))
-    record["attack_settings"][name] = settings
-    record["columns"][name] = label
-    record.pop("autoattack_state", None)
-    record.pop("autoattack_state_settings", None)
-    if not result.is_standard:
-        logging.warning("AutoAttack was not the standard version (components %s, settings "
-                        "%s); the table column reads %r.", components, settings, label)
 
 
 def _finish(record, specs, clean_correct, clean_certainty, pre_checks, n):

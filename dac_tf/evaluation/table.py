@@ -6,14 +6,14 @@ A caption line (data, number of examples, radius), then
 
 with one row per evaluated model (`AT (last)`, `AT (best)`, ...), followed by notes: a
 non-standard AutoAttack, the adversarial certainty, failed sanity checks, an interrupted
-evaluation. Column headers come from the records (`attacks.column_label`,
-`attacks.autoattack_label`), so a subset of AutoAttack never reads "AutoAttack".
+evaluation. Column headers come from the records (`specs.column_label`,
+`specs.autoattack_label`), so a subset of AutoAttack never reads "AutoAttack".
 """
 
 import os
 
 from dac_tf import protocol
-from dac_tf.evaluation import attacks
+from dac_tf.evaluation import specs
 
 
 def table_path(output):
@@ -59,7 +59,7 @@ def markdown_table(records):
     labels = {}
     for a in names:
         labels[a] = next((r["columns"][a] for r in records if a in r.get("columns", {})),
-                         attacks.column_label(attacks.parse_attacks(a)[0]))
+                         specs.column_label(specs.parse_attacks(a)[0]))
     header = ["Model"] + ([] if same else ["Data", "eps"]) + [labels[a] for a in names]
     header.append("Worst case")
     lines = []
@@ -94,7 +94,7 @@ def _notes(r):
     if aa and not aa.get("standard"):
         cfg = {k: r["attack_settings"][n][k] for n in r["attack_settings"]
                if r["attack_settings"][n].get("kind") == "autoattack"
-               for k in attacks.AUTOATTACK_BUDGETS}
+               for k in specs.AUTOATTACK_BUDGETS}
         notes.append(f"{label}: AutoAttack not the standard version: components "
                      f"{','.join(aa['components'])}, budgets {cfg}.")
     ac = r.get("adversarial_certainty") or {}

@@ -1,4 +1,5 @@
-"""SavedModel export (`dac_tf.export`): the round trip, checked outside dac_tf.
+"""`dac_tf.serving` (and its program `dac_tf.export`): the round trip, checked outside
+dac_tf.
 
 The export of a fabricated training run (the layout `python -m dac_tf.train` writes) is
 loaded by a fresh Python that imports only TensorFlow, by the real `saved_model_cli` and
@@ -13,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import keras
 import numpy as np
@@ -24,8 +26,9 @@ import clitools
 from dac_tf import checkpoints
 from dac_tf import fileio
 from dac_tf import export
-from dac_tf import serving
 from dac_tf import models
+from dac_tf import scratch
+from dac_tf import serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (8, 8, 1)
@@ -318,7 +321,7 @@ def test_serving_default_refuses_floats_outside_0_1_as_a_client_sees_it(exported
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             serve(images=tf.constant(bad))
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-            serving._run_like_tf_serving(exported["path"], {"serving_default": bad})
+            serving.roundtrip.run_like_tf_serving(exported["path"], {"serving_default": bad})
     # The box itself is valid, through both loaders: 0 and 1 exactly, and a float32
     # rounding step beyond them (an attack's interpolation between [0, 1] images).
     edges = np.stack([np.zeros(SHAPE, np.float32), np.ones(SHAPE, np.float32),
@@ -327,7 +330,7 @@ def test_serving_default_refuses_floats_outside_0_1_as_a_client_sees_it(exported
     expected = _expected(exported["best"], edges)
     _assert_outputs_match({k: v.numpy() for k, v in serve(images=tf.constant(edges)).items()},
                           expected)
-    _assert_outputs_match(serving._run_like_tf_serving(
+    _assert_outputs_match(serving.roundtrip.run_like_tf_serving(
         exported["path"], {"serving_default": edges})["serving_default"], expected)
     assert "outside [0, 1]" in serving.read_metadata(exported["path"])["signatures"][
         "serving_default"]
@@ -344,7 +347,7 @@ def test_export_readme_claims_hold_for_empty_batches_and_numpy_casts(exported):
         out = loaded.signatures[name](images=empty)
         assert out["logits"].shape == (0, NUM_CLASSES) and out["classes"].shape == (0,)
         assert out["probabilities"].shape == (0, NUM_CLASSES)
-    out = serving._run_like_tf_serving(exported["path"], {
+    out = serving.roundtrip.run_like_tf_serving(exported["path"], {
         "serving_default": np.zeros((0, *SHAPE), np.float32)})["serving_default"]
     assert out["logits"].shape == (0, NUM_CLASSES)
     uint8 = loaded.signatures["serving_uint8"]
@@ -387,7 +390,7 @@ def test_versions_never_overwrite_silently_and_are_replaced_atomically(exported,
         raise serving.ExportError("boom")
 
     with monkeypatch.context() as m:
-        m.setattr(serving, "_verify", failing_verify)
+        m.setattr(serving.roundtrip, "verify", failing_verify)
         with pytest.raises(serving.ExportError, match="boom"):
             serving.export_saved_model(exported["last"], base, version=1, overwrite=True)
     assert sorted(os.listdir(base)) == ["1", "2"]
@@ -405,6 +408,25 @@ def test_versions_never_overwrite_silently_and_are_replaced_atomically(exported,
         _assert_outputs_match({k: v.numpy() for k, v in got.items()}, expected)
     assert serving.read_metadata(v2)["checkpoint"] == "last"
     assert serving.next_version(base) == 3
+
+
+def test_hidden_folders_of_gone_exports_are_cleaned_and_a_live_ones_kept(tmp_path):
+    """The next export deletes the `.tmp-export-*` folder of an export that is gone and
+    puts back the version a killed `--overwrite` moved aside (`.old-V-*`); the folders
+    of a live export (this process) are left alone."""
+    base = tmp_path / "export"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    owner = f"{dead.pid}-x-{scratch.host_id()}-{int(time.time())}-abcd1234"
+    live_writing = base / scratch.scratch_name(".tmp-export")
+    live_aside = base / scratch.scratch_name(".old-3")
+    for folder in (base / "2", base / f".tmp-export-{owner}", base / f".old-1-{owner}" / "1",
+                   base / f".old-2-{owner}" / "2", live_writing, live_aside / "3"):
+        folder.mkdir(parents=True)
+        (folder / "saved_model.pb").write_bytes(b"x")
+    serving.versions.remove_dead_hidden_dirs(str(base))
+    assert sorted(os.listdir(base)) == sorted(["1", "2", live_writing.name, live_aside.name])
+    assert os.listdir(base / "1") == ["saved_model.pb"]          # version 1 moved back
 
 
 @pytest.mark.parametrize("value,expected", [(None, None), ("", None), ("7", 7), (0, 0),
