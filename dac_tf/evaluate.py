@@ -310,15 +310,9 @@ def _interrupted_hint(flag_values):
             "with --resume to continue.")
 
 
-@cli.guard(_interrupted_hint)
-def main(argv, flag_values=None):
+@cli.program(config_from_flags, _interrupted_hint)
+def main(config):
     """`python -m dac_tf.evaluate`: reads the flags once, evaluates, prints the table."""
-    if len(argv) > 1:
-        raise EvaluationError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
-                              "written --name=value).")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    config = config_from_flags(flag_values)
     _, text = run(config)
     print(text, end="")
     print(f"Results: {config.output} (table: {table.table_path(config.output)})")

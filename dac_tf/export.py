@@ -9,7 +9,6 @@ signatures and its guarantees are the library's: `dac_tf.serving`.
 """
 
 from absl import flags
-from absl import logging
 
 from dac_tf import cli
 from dac_tf.serving import ExportError
@@ -41,23 +40,23 @@ def define_flags(flag_values=flags.FLAGS):
                          "model before moving it into place.", **f)
 
 
-@cli.guard("nothing was moved into place: an interrupted export leaves no version "
-           "behind; run the same command again.")
-def main(argv, flag_values=None):
-    """`python -m dac_tf.export`: prints the version directory written."""
-    if len(argv) > 1:
-        raise ExportError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
-                          "--name=value).")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+def _read_config(flag_values):
     for name in ("model_dir", "export_dir"):
         if not flag_values[name].value:
             raise ExportError(f"--{name} is required.")
-    path = export_run(flag_values.model_dir, flag_values.export_dir,
-                      checkpoint=flag_values.checkpoint, version=flag_values.version,
-                      overwrite=flag_values.overwrite, eval_json=flag_values.eval_json,
-                      verify=flag_values.verify)
-    print(path)
+    return {name: flag_values[name].value for name in
+            ("model_dir", "export_dir", "checkpoint", "version", "overwrite", "eval_json",
+             "verify")}
+
+
+@cli.program(_read_config, "nothing was moved into place: an interrupted export leaves no "
+             "version behind; run the same command again.")
+def main(config):
+    """`python -m dac_tf.export`: prints the version directory written."""
+    print(export_run(config["model_dir"], config["export_dir"],
+                     checkpoint=config["checkpoint"], version=config["version"],
+                     overwrite=config["overwrite"], eval_json=config["eval_json"],
+                     verify=config["verify"]))
 
 
 if __name__ == "__main__":

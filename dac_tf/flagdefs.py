@@ -46,6 +46,8 @@ UNITS = (None, PIXEL_RADIUS, PIXEL_STEP)
 IGNORED = "ignored"          # never part of a run's identity (where or how it runs)
 MAY_CHANGE = "may_change"    # may change on a resumed run (its length, its speed)
 RESUME_RULES = (None, IGNORED, MAY_CHANGE)
+# Appended to the `--help` text of every MAY_CHANGE flag.
+RESUMABLE_MARK = "[resumable]"
 
 _SPEC_KEY = "dac_tf.flag"
 
@@ -156,7 +158,7 @@ def help_text(field):
     if spec.unit is not None:
         text += " Pixel levels out of 255 (8 means 8/255)."
     if spec.resume == MAY_CHANGE:
-        text += " [may change with --resume]"
+        text += f" {RESUMABLE_MARK}"
     return text
 
 
@@ -238,6 +240,16 @@ def read_flags(config_cls, flag_values):
     """
     return {name: to_field(config_cls, name, flag_values[name].value)
             for name in flag_names(config_cls) if name in flag_values}
+
+
+def read_config(config_cls, flag_values):
+    """`config_cls` built from its flags' values (`read_flags`); the fields that are no
+    flags keep their defaults.
+
+    Raises:
+      FlagError: see `to_field`.
+    """
+    return config_cls(**read_flags(config_cls, flag_values))
 
 
 def check_defaults(config_cls, flag_values):

@@ -683,19 +683,16 @@ def _model_dir_of_flagfile(argv, flag_values):
     return None
 
 
-@cli.guard("the epochs finished so far are saved; run the same command again to "
-           "continue from the last one.")
-def main(argv, flag_values=None):
-    """`python -m dac_tf.train`: reads the flags once and trains (`train_and_evaluate`)."""
-    if len(argv) > 1:
-        raise config_lib.ConfigError(f"unexpected arguments: {' '.join(argv[1:])} (flags "
-                                     "are written --name=value).")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)   # TF's checkpoint INFO lines drown the log
+def _config_from_flags(flag_values):
     config = config_lib.from_flags(flag_values)
     moved = _model_dir_of_flagfile(sys.argv, flag_values)
-    if moved:
-        config = dataclasses.replace(config, model_dir=moved)
+    return dataclasses.replace(config, model_dir=moved) if moved else config
+
+
+@cli.program(_config_from_flags, "the epochs finished so far are saved; run the same "
+             "command again to continue from the last one.")
+def main(config):
+    """`python -m dac_tf.train`: reads the flags once and trains (`train_and_evaluate`)."""
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     train_and_evaluate(config)
