@@ -51,10 +51,9 @@ def load_run_config(model_dir):
 
 def build_model(config):
     """Builds (untrained) the base network a run config describes."""
-    normalization = config.get("normalization")
     return models.build(config["arch"], num_classes=int(config["num_classes"]),
                         input_shape=tuple(config["input_shape"]),
-                        normalization=None if normalization in (None, "none") else normalization,
+                        normalization=config.get("normalization"),
                         **config.get("arch_kwargs", {}))
 
 

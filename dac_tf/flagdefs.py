@@ -80,7 +80,7 @@ class FlagSpec:
 
 
 def flag(default, help_text, *, group="flags", choices=None, unit=None, resume=None,
-         repeat=False):
+         repeat=False, metadata=None):
     """A dataclass field that is also a command-line flag (see the module docstring).
 
     Args:
@@ -92,6 +92,8 @@ def flag(default, help_text, *, group="flags", choices=None, unit=None, resume=N
       unit: None, PIXEL_RADIUS or PIXEL_STEP.
       resume: None, IGNORED or MAY_CHANGE.
       repeat: tuple fields only: a repeatable flag instead of a comma list.
+      metadata: more field metadata, for the program's own use (e.g. which reference
+        value an unset flag resolves to).
 
     Returns:
       A `dataclasses.field`.
@@ -103,7 +105,7 @@ def flag(default, help_text, *, group="flags", choices=None, unit=None, resume=N
     spec = FlagSpec(help=help_text, group=group,
                     choices=None if choices is None else tuple(choices), unit=unit,
                     resume=resume, repeat=repeat)
-    return dataclasses.field(default=default, metadata={_SPEC_KEY: spec})
+    return dataclasses.field(default=default, metadata={**(metadata or {}), _SPEC_KEY: spec})
 
 
 def spec_of(field):
@@ -120,7 +122,7 @@ def flag_names(config_cls):
     return tuple(f.name for f in flag_fields(config_cls))
 
 
-def _kind(config_cls, field):
+def flag_type(config_cls, field):
     """("bool" | "int" | "float" | "str", is_tuple) of a field's annotation."""
     annotation = typing.get_type_hints(config_cls)[field.name]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -140,7 +142,7 @@ def _kind(config_cls, field):
 
 def flag_default(config_cls, field):
     """The flag's default: the field's, in the flag's units (lists as absl holds them)."""
-    kind, is_tuple = _kind(config_cls, field)
+    kind, is_tuple = flag_type(config_cls, field)
     default = field.default
     if default is dataclasses.MISSING or default is None:
         return None
@@ -175,7 +177,7 @@ def define_flags(config_cls, flag_values=flags.FLAGS, *, program):
         if field.name in flag_values:
             continue
         spec = spec_of(field)
-        kind, is_tuple = _kind(config_cls, field)
+        kind, is_tuple = flag_type(config_cls, field)
         default = flag_default(config_cls, field)
         kwargs = dict(flag_values=flag_values, module_name=f"{program} ({spec.group})")
         text = help_text(field)
@@ -204,7 +206,7 @@ def to_field(config_cls, name, value):
     """
     field = next(f for f in flag_fields(config_cls) if f.name == name)
     spec = spec_of(field)
-    kind, is_tuple = _kind(config_cls, field)
+    kind, is_tuple = flag_type(config_cls, field)
     if value is None:
         return None
     if spec.unit is not None:

@@ -162,8 +162,7 @@ def build_training(config, splits, strategy, steps_per_epoch):
         try:
             base = models.build(config.arch, num_classes=splits.num_classes,
                                 input_shape=splits.image_shape,
-                                normalization=None if config.normalization == "none"
-                                else config.normalization, **config.arch_kwargs)
+                                normalization=config.normalization, **config.arch_kwargs)
         except (ValueError, TypeError) as e:   # the zoo's own checks of its arguments
             raise config_lib.ConfigError(
                 f"--arch={config.arch} cannot be built for the {splits.image_shape} images "
