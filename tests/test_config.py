@@ -13,14 +13,19 @@ import keras
 import pytest
 
 from dac_tf import config as config_lib
+from dac_tf import evaluate
+from dac_tf import export
 from dac_tf import flagdefs
 from dac_tf import models
 from dac_tf import objectives
 from dac_tf import train
+from dac_tf.evaluation import suite
 
 # (program module, its config dataclass)
 PROGRAMS = {
     "train": (train, config_lib.TrainConfig),
+    "evaluate": (evaluate, suite.EvalConfig),
+    "export": (export, export.ExportConfig),
 }
 _FOREIGN = ("absl", "tensorflow", "keras", "tf_", "tensorboard")
 
