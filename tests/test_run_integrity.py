@@ -24,6 +24,7 @@ from dac_tf import checkpoints
 from dac_tf import config as config_lib
 from dac_tf import rundir
 from dac_tf import train
+from dac_tf.training import resume
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset=digits", "--arch=small_cnn", "--epochs=2", "--batch_size=128",
@@ -146,10 +147,10 @@ def test_the_resume_rule_keeps_every_planned_batch_rate(schedule, flags, refused
     config = config_lib.resolve(values)
     state = _state(epochs=2, max_steps_per_epoch=0, lr_schedule=schedule)
     if refused is None:
-        train._check_schedule_kept(config, state, train_size=1280)
+        resume.check_schedule_kept(config, state, train_size=1280)
     else:
         with pytest.raises(config_lib.ConfigError, match=refused):
-            train._check_schedule_kept(config, state, train_size=1280)
+            resume.check_schedule_kept(config, state, train_size=1280)
 
 
 @pytest.mark.slow   # two trainings; the rule itself: the test above

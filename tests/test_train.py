@@ -20,6 +20,7 @@ from dac_tf import checkpoints
 from dac_tf import config as config_lib
 from dac_tf import rundir
 from dac_tf import train
+from dac_tf import training
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(dataset="digits", arch="small_cnn", epochs=2, batch_size=64, lr=0.05,
@@ -117,7 +118,7 @@ def test_help_marks_the_flags_resume_may_change():
         if match and block.rstrip().count(config_lib.RESUMABLE_MARK) and \
                 match.group(1) != "resume":
             marked.add(match.group(1))
-    assert marked == set(train.RESUME_MAY_CHANGE) == {
+    assert marked == set(config_lib.RESUME_MAY_CHANGE) == {
         "epochs", "eval_examples", "max_steps_per_epoch", "jit_compile"}
 
 
@@ -281,7 +282,7 @@ def test_tfds_cifar10_path_under_mock_data(tmp_path):
         max_steps_per_epoch=2, eval_examples=16, num_steps=1, report=False, verbose=0,
         model_dir=str(tmp_path / "cifar")))
     with tfds.testing.mock_data(num_examples=48):
-        summary = train.train_and_evaluate(config)
+        summary = training.train_and_evaluate(config)
     saved = json.loads((tmp_path / "cifar" / "config.json").read_text())
     assert saved["input_shape"] == [32, 32, 3] and saved["num_classes"] == 10
     assert summary["last"]["epoch"] == 1
