@@ -86,6 +86,31 @@ def test_in_a_users_fit_the_logs_carry_the_robust_values_every_epoch():
         assert history.history["val_robust_accuracy"][epoch] == pytest.approx(robust)
 
 
+def test_random_starts_are_seeded_by_seed_epoch_and_batch_through_seeds_fold():
+    """`seeds.fold` of the stream key [seed, stream] with (epoch, batch), Philox: the
+    one derivation of dac_tf's streams; nothing else (what ran before) moves it."""
+    from dac_tf.callbacks import validation as validation_lib
+    x, y = examples(37)
+    cb = validation(x, y, start="uniform", step_size=EPS / 4, num_steps=3, seed=5)
+    fold = tf.random.experimental.stateless_fold_in
+    key = tf.constant([5, validation_lib._SEED_STREAM], tf.int64)  # pylint: disable=protected-access
+    drawn = set()
+    for epoch in range(3):
+        for batch in range(3):
+            expected = fold(fold(key, tf.constant(epoch, tf.int64), alg="philox"),
+                            tf.constant(batch, tf.int64), alg="philox")
+            seed = cb.batch_seed(epoch, batch)
+            assert seed.numpy().tolist() == expected.numpy().tolist()
+            drawn.add(tuple(seed.numpy().tolist()))
+    assert len(drawn) == 9
+    model = linear_model()
+    cb.set_model(model)
+    after_epoch_0 = (cb.evaluate(0), cb.evaluate(2))[1]
+    fresh = validation(x, y, start="uniform", step_size=EPS / 4, num_steps=3, seed=5)
+    fresh.set_model(model)
+    assert fresh.evaluate(2) == after_epoch_0
+
+
 def test_two_replicas_give_the_single_device_values():
     x, y = examples(37)
     single = linear_model()

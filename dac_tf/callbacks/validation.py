@@ -11,6 +11,7 @@ Keras' `mode="auto"` (`METRIC_DIRECTIONS`).
 """
 
 import math
+import zlib
 
 import keras
 import numpy as np
@@ -21,6 +22,7 @@ from dac_tf import certainty
 from dac_tf import errors
 from dac_tf import model as model_lib
 from dac_tf import protocol
+from dac_tf import seeds
 
 # The direction of each value `RobustValidation` logs, as Keras' `mode="auto"` reads it
 # through `DACModel.metrics` (`dac_tf.model.METRIC_DIRECTIONS`, the one table).
@@ -28,6 +30,9 @@ METRIC_DIRECTIONS = {key: model_lib.METRIC_DIRECTIONS[key]
                      for key in ("clean_accuracy", "robust_accuracy", "adv_certainty")}
 
 
+# The second word of the validation attacks' stream key `[seed, _SEED_STREAM]`, apart
+# from the training streams of the same seed (data pipeline, DACModel's attacks).
+_SEED_STREAM = zlib.crc32(b"dac_tf.callbacks.RobustValidation") & 0x7FFFFFFF
 # The default step as a fraction of the radius: the AT reference's selection attack.
 _REFERENCE_STEP_FRACTION = protocol.SELECTION_PROTOCOLS["at"].step_fraction
 
@@ -132,7 +137,8 @@ class RobustValidation(keras.callbacks.Callback):
       start: random start, "uniform" (the reference's), "normal" or "none".
       batch_size: examples per batch (padded and masked, so every example counts once).
       num_examples: attack only the first N examples (None: all); at most len(x).
-      seed: seed of the random starts; a batch's start depends on (seed, epoch, batch).
+      seed: seed of the random starts; a batch's start depends on (seed, epoch, batch)
+        only (`batch_seed`).
       prefix: log keys are `{prefix}_clean_accuracy`, `{prefix}_robust_accuracy`,
         `{prefix}_adv_certainty` ("val", "test", ...).
       ac_measure: "std" (the reference code's) or "var" (the paper's Definition 1).
@@ -224,6 +230,12 @@ class RobustValidation(keras.callbacks.Callback):
         return tf.function(lambda *args: _global_sums(strategy, step, *args),
                            reduce_retracing=True)
 
+    def batch_seed(self, epoch, batch):
+        """The stateless seed of the random starts of one batch of one epoch:
+        `seeds.fold` of this callback's stream key with (epoch, batch)."""
+        key = tf.constant([self.seed, _SEED_STREAM], tf.int64)
+        return seeds.fold(key, epoch, batch)
+
     def evaluate(self, epoch=0):
         """The three values (a dict without the prefix) for the model as it is now."""
         strategy = getattr(self.model, "distribute_strategy", None) or \
@@ -244,8 +256,8 @@ class RobustValidation(keras.callbacks.Callback):
                                   unit_name="batch")
         totals = np.zeros(4)
         for i, (images, labels, batch_weights) in enumerate(dataset):
-            seed = tf.constant([self.seed + 1, epoch * 1_000_003 + i], tf.int64)
-            totals += self._step(images, labels, batch_weights, seed).numpy()
+            totals += self._step(images, labels, batch_weights,
+                                 self.batch_seed(epoch, i)).numpy()
             bar.update(i + 1)
         clean, robust, ac_sum, count = totals
         return {"clean_accuracy": clean / count, "robust_accuracy": robust / count,
