@@ -12,6 +12,8 @@ these):
   the evaluated split; the fingerprints of weights and examples that `--resume` checks.
 - `runner`: `evaluate_model` (one model, a list of attacks, one record), the AutoAttack
   glue (native or PyTorch), `evaluate_path` (a model directory end to end).
+- `suite`: `EvalConfig` (what `python -m dac_tf.evaluate` takes, as fields) and
+  `evaluate_models` (these models into this output).
 - `results`: the record's fields, the result file (JSON) written and read back with
   validation, and which stored results `--resume` may reuse.
 - `table`: the paper's markdown table.
@@ -33,7 +35,8 @@ class EvaluationError(errors.UserError):
     """A model, data set or setting that cannot be evaluated (the message says why)."""
 
 
-_SUBMODULES = ("attacks", "checks", "heatmaps", "loading", "results", "runner", "table")
+_SUBMODULES = ("attacks", "checks", "heatmaps", "loading", "results", "runner", "suite",
+               "table")
 
 
 def __getattr__(name):
