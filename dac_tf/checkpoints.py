@@ -6,6 +6,8 @@
       checkpoints/     tf.train.CheckpointManager: model + optimizer + epoch, every epoch ("last")
       best/            the checkpoint with the best robust validation accuracy ("best")
       metrics.csv      one row per epoch
+      eval_<checkpoint>.json   `python -m dac_tf.evaluate`'s result for the checkpoint
+                               (`eval_result_path`), which the export records
       tensorboard/     TensorBoard summaries
       plots/           PNG figures (python -m dac_tf.report)
 
@@ -36,6 +38,17 @@ def config_path(model_dir):
     return os.path.join(model_dir, CONFIG_FILE)
 
 
+def eval_result_name(checkpoint):
+    """The file name of a checkpoint's evaluation result in its run: eval_<ckpt>.json."""
+    return f"eval_{checkpoint}.json"
+
+
+def eval_result_path(model_dir, checkpoint):
+    """Where `python -m dac_tf.evaluate` writes one training run's result by default,
+    and where `dac_tf.serving.export_run` looks for it."""
+    return os.path.join(model_dir, eval_result_name(checkpoint))
+
+
 def load_run_config(model_dir):
     """The run's config.json as a dict; CheckpointError if `model_dir` is not a run."""
     path = config_path(model_dir)
@@ -51,10 +64,9 @@ def load_run_config(model_dir):
 
 def build_model(config):
     """Builds (untrained) the base network a run config describes."""
-    normalization = config.get("normalization")
     return models.build(config["arch"], num_classes=int(config["num_classes"]),
                         input_shape=tuple(config["input_shape"]),
-                        normalization=None if normalization in (None, "none") else normalization,
+                        normalization=config.get("normalization"),
                         **config.get("arch_kwargs", {}))
 
 

@@ -1,14 +1,37 @@
-"""What every dac_tf command-line program shares: flag parsing and error reporting.
+"""What every dac_tf command-line program shares: one `main` shape, one-line errors.
 
-`python -m dac_tf.X` programs are thin: they define their flags on a `FlagValues`, read
-them once into a config, and call the library. This module turns what a user can get
-wrong into one line on stderr instead of a traceback:
+A `python -m dac_tf.X` program is flags -> a config object -> library calls -> output.
+This module holds everything else, once:
+
+    from absl import flags
+    from dac_tf import cli, flagdefs
+
+    def define_flags(flag_values=flags.FLAGS):
+        flagdefs.define_flags(ExportConfig, flag_values, program="dac_tf.export")
+
+    @cli.program(lambda flag_values: flagdefs.read_config(ExportConfig, flag_values),
+                 interrupted_hint="nothing was written; run the same command again.")
+    def main(config):
+        print(serving.export_run(config))   # the library call, then the output
+
+    if __name__ == "__main__":
+        cli.run(main, define_flags)
+
+`program(read_config, interrupted_hint)` turns `main(config)` into the
+`main(argv, flag_values=None)` that `run` (and the in-process tests,
+`tests/clitools.py`) call: it refuses positional arguments, quiets absl's INFO logging
+(unless `--verbosity` is given), reads the config once with `read_config(flag_values)`
+and reports what a user can get wrong as one line instead of a traceback:
 
 - a flag that does not parse (`--seed=1e20`, a missing `--flagfile`): `error: ...`, exit 2;
-- a `dac_tf.errors.UserError` from the library: `error: ...`, exit 2;
+- a `dac_tf.errors.UserError` from the config or the library: `error: ...`, exit 2;
 - a file that cannot be written or read (full disk, read-only mount, permissions):
   `error: ...` naming the file, exit 2;
 - Ctrl-C: one line saying how to continue, exit 130 (the shell's code for SIGINT).
+
+`run(main, define_flags)` is the `__main__` entry: it defines the flags, parses argv
+(flagfiles included) and prints the program's own `--help`: its docstring's first
+paragraph, then its flags by group.
 """
 
 import errno
@@ -17,6 +40,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import tensorflow as tf
 
 from dac_tf import errors
@@ -31,6 +55,10 @@ _FILESYSTEM_OP_ERRORS = (tf.errors.PermissionDeniedError, tf.errors.ResourceExha
                          tf.errors.NotFoundError, tf.errors.AlreadyExistsError)
 _FILESYSTEM_MESSAGES = ("No space left", "Read-only file system", "Permission denied",
                         "Disk quota exceeded", "Is a directory", "Not a directory")
+
+
+class UsageError(errors.UserError):
+    """A command line that is not flags (a positional argument)."""
 
 
 def one_line(text):
@@ -143,9 +171,54 @@ def guard(interrupted_hint):
     return decorate
 
 
+def _quiet_absl_logging(flag_values):
+    # TensorFlow's checkpoint and tf.data INFO lines drown a program's own output.
+    if "verbosity" in flag_values and not flag_values["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
+def program(read_config, interrupted_hint):
+    """Decorates a program's `main(config)`: the one preamble of every dac_tf program.
+
+    The decorated function is `main(argv, flag_values=None)`, what `run` and the tests
+    call with parsed flags: it refuses positional arguments (`UsageError`), sets absl's
+    verbosity to WARNING unless `--verbosity` was given, reads the config once with
+    `read_config(flag_values)` and calls `main(config)`, all under `guard`.
+
+    Args:
+      read_config: flag_values -> the program's config object (e.g.
+        `lambda fv: flagdefs.read_config(MyConfig, fv)`); a `UserError` it raises is
+        reported as one line.
+      interrupted_hint: what to tell the user after Ctrl-C (how to continue): a string,
+        or a function of the parsed `FlagValues` returning one.
+
+    Returns:
+      A decorator.
+    """
+
+    def decorate(main):
+        @guard(interrupted_hint)
+        @functools.wraps(main)
+        def wrapped(argv, flag_values=None):
+            flag_values = flag_values or flags.FLAGS
+            if len(argv) > 1:
+                raise UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags are "
+                                 "written --name=value).")
+            _quiet_absl_logging(flag_values)
+            return main(read_config(flag_values))
+        return wrapped
+
+    return decorate
+
+
 def run(main, define_flags):
     """`python -m dac_tf.X`: defines the program's flags on the global FlagValues,
-    parses argv with one-line errors and its own `--help`, and runs `main`."""
+    parses argv with one-line errors and its own `--help`, and runs `main`.
+
+    Args:
+      main: the program's `main(argv, flag_values=None)` (`program`).
+      define_flags: defines the program's flags on absl's global `FlagValues`.
+    """
     define_flags()
     doc = getattr(sys.modules.get(main.__module__), "__doc__", None)
     app.run(main, flags_parser=functools.partial(parse_flags, doc=doc))

@@ -1,20 +1,24 @@
 """The training configuration: one dataclass that defines the flags, the defaults and the
 record of a run.
 
-Every field of `TrainConfig` whose metadata carries a flag kind is a flag of
-`python -m dac_tf.train` with the same name; its help text, its group in `--help`, its
-unit, and whether `--resume` may change it are stated once, next to the field.
-`define_flags` builds the absl flags from the fields, `resolve` turns raw flag values into
-a validated config, `flagfile_text` writes the run back as a flagfile. Library code never
-reads `FLAGS`; `TrainConfig` is what `train.train_and_evaluate` takes.
+Every `flagdefs.flag` field of `TrainConfig` is a flag of `python -m dac_tf.train` with
+the same name (`dac_tf.flagdefs` generates them); its default, help text, group in
+`--help`, unit, and whether `--resume` may change it are stated once, on the field.
+`resolve` turns raw flag values into a validated config, `flagfile_text` writes the run
+back as a flagfile. Library code never reads `FLAGS`; `TrainConfig` is what
+`dac_tf.training.train_and_evaluate` takes.
 
-Every flag is optional: an unset method-dependent value (epsilon, lr, epochs, ...)
-resolves to the reference code's value for `--method` (`objectives.DEFAULTS`), so the
-paper's setting is the default and each config file only states what it pins.
+Every flag is optional. A field whose default is None is resolved by `resolve`:
+method-dependent values (epsilon, lr, epochs, ...) to the reference code's value for
+`--method` (`objectives.DEFAULTS`, the one table; each such field names its entry and
+its help text is generated from it), the selection attack to `--select_protocol`'s
+preset, the others as their help says (the augmentation and normalisation also depend
+on the dataset). So the paper's setting is the default and each config file only
+states what it pins.
 
 Units: `--epsilon`, `--step_size`, `--select_epsilon` and `--select_step_size` are in
 pixel units out of 255, as the field writes them (`--epsilon=8` is 8/255); the config
-holds [0, 1] units (`protocol.from_pixels`).
+holds [0, 1] units (`flagdefs.PIXEL_RADIUS`, `protocol.from_pixels`).
 """
 
 import dataclasses
@@ -28,6 +32,7 @@ from dac_tf import attacks
 from dac_tf import certainty
 from dac_tf import data
 from dac_tf import errors
+from dac_tf import flagdefs
 from dac_tf import models
 from dac_tf import objectives
 from dac_tf import protocol
@@ -35,192 +40,190 @@ from dac_tf import schedules
 
 STRATEGIES = ("mirrored", "one_device", "multi_worker")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-NORMALIZATIONS = ("auto", "none", "cifar10")
+# The input normalisation inside the model: the names `models.build` takes.
+NORMALIZATIONS = ("none", "cifar10")
+# Datasets on which a method whose reference normalises uses CIFAR-10's statistics.
+_NORMALIZED_DATASETS = ("cifar10", "cifar100")
 GROUPS = ("data", "model", "method", "optimization", "selection", "run")
 
-# The default method's reference values: the dataclass defaults are AT's (the default
-# --method); `resolve` takes every method's from `objectives.DEFAULTS`, the one table.
-_AT = objectives.DEFAULTS["at"]
-_AT_SELECTION = protocol.SELECTION_PROTOCOLS["at"]
-
 # What --resume may do with a key whose value differs from the run's config.json.
-IGNORED = "ignored"          # never part of the run's identity (where/how it runs)
-MAY_CHANGE = "may_change"    # may change with --resume (length of the run, speed)
-# Appended to the --help text of every MAY_CHANGE flag (`define_flags`).
-RESUMABLE_MARK = "[resumable]"
+IGNORED = flagdefs.IGNORED          # never part of the run's identity (where/how it runs)
+MAY_CHANGE = flagdefs.MAY_CHANGE    # may change with --resume (length of the run, speed)
+RESUMABLE_MARK = flagdefs.RESUMABLE_MARK   # in the --help text of every MAY_CHANGE flag
+
+# Field metadata: the `objectives.MethodDefaults` attribute an unset (None) flag takes.
+METHOD_DEFAULT = "dac_tf.method_default"
+_PROGRAM = "dac_tf.train"
 
 
 class ConfigError(errors.UserError):
     """A bad flag value or combination (the message names the flag and what is valid)."""
 
 
-def _flag(kind, default, help_text, *, group, choices=None, pixels=False, resume=None):
-    """A `TrainConfig` field that is also a flag.
-
-    Args:
-      kind: "string", "integer", "float", "boolean" or "enum".
-      default: the config's default; the flag's default is None (unset) when the value
-        depends on the method or the dataset, which `help_text` then says.
-      help_text: the flag's help.
-      group: one of GROUPS (sections of --help and the README).
-      choices: the valid values of an enum flag.
-      pixels: the flag is in pixel units /255 and the field in [0, 1] units.
-      resume: None (part of the run's identity), IGNORED or MAY_CHANGE.
-    """
+def _flag(default, help_text, *, group, **kwargs):
     assert group in GROUPS, group
-    return dataclasses.field(default=default, metadata=dict(
-        kind=kind, help=help_text, group=group, choices=choices, pixels=pixels,
-        resume=resume))
+    return flagdefs.flag(default, help_text, group=group, **kwargs)
+
+
+def _shown(value, unit):
+    if unit is not None:
+        return f"{protocol.to_pixels(value):.4g}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def method_values_text(attribute, unit=None):
+    """Each method's reference value of `attribute` (`objectives.DEFAULTS`), as a help
+    text writes it: "AT 0.1, TRADES 0.1, MART 0.01" (pixel levels for a radius or step)."""
+    return ", ".join(f"{method.upper()} {_shown(value, unit)}"
+                     for method, value in ((m, getattr(objectives.DEFAULTS[m], attribute))
+                                           for m in objectives.METHODS)
+                     if value is not None)
+
+
+def _method_flag(attribute, help_text, *, group, also="", **kwargs):
+    """A flag that is unset (None) by default and resolves to `--method`'s reference
+    value `objectives.DEFAULTS[method].<attribute>`; the help lists those values."""
+    text = (f"{help_text} Default: the reference's for --method "
+            f"({method_values_text(attribute, kwargs.get('unit'))}){also}.")
+    return _flag(None, text, group=group, metadata={METHOD_DEFAULT: attribute}, **kwargs)
 
 
 def _derived(default, *, resume=None):
     """A field resolved from flags (not a flag itself); recorded in config.json."""
-    return dataclasses.field(default=default, metadata=dict(kind=None, resume=resume))
+    return dataclasses.field(default=default, metadata=dict(resume=resume))
+
+
+_NORMALIZING_METHODS = "/".join(m.upper() for m in objectives.METHODS
+                                if objectives.DEFAULTS[m].normalize_inputs)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """A fully resolved training run (no None left for method-dependent values)."""
+    """A training run. `resolve` builds it from flag values with no None left for a
+    method- or dataset-dependent value; the field defaults are the flags' (None: unset).
+    """
 
     # --- data
-    dataset: str = _flag("string", "cifar10", f"One of {', '.join(data.DATASETS)}, or "
-                         "npz:PATH (arrays x_train, y_train, x_test, y_test).", group="data")
-    data_dir: str | None = _flag("string", None, "tfds data directory (pre-downloaded "
-                                 "datasets).", group="data", resume=IGNORED)
-    val_size: int = _flag("integer", 0, "Held-out validation examples taken from the "
-                          "training set for model selection. 0 selects on the test set, as "
-                          "the reference did; the robust-overfitting code base holds out "
+    dataset: str = _flag("cifar10", f"One of {', '.join(data.DATASETS)}, or npz:PATH "
+                         "(arrays x_train, y_train, x_test, y_test).", group="data")
+    data_dir: str | None = _flag(None, "tfds data directory (pre-downloaded datasets).",
+                                 group="data", resume=IGNORED)
+    val_size: int = _flag(0, "Held-out validation examples taken from the training set "
+                          "for model selection. 0 selects on the test set, as the "
+                          "reference did; the robust-overfitting code base holds out "
                           "1000.", group="data")
-    augment: str = _flag(
-        "enum", _AT.augmentation_padding,
-        "Augmentation; default per method: reflect (AT), zero (TRADES, MART); "
-        "none for digits.",
-        group="data", choices=data.AUGMENTATIONS)
-    pad: int = _flag("integer", 4, "Padding (pixels) before the random crop.", group="data")
+    augment: str | None = _method_flag("augmentation_padding", "Augmentation of the "
+                                       "training images.", also="; none on digits",
+                                       group="data", choices=data.AUGMENTATIONS)
+    pad: int = _flag(4, "Padding (pixels) before the random crop.", group="data")
     # --- model
-    arch: str = _flag("enum", "preact_resnet18", "Architecture.", group="model",
+    arch: str = _flag("preact_resnet18", "Architecture.", group="model",
                       choices=models.ARCHITECTURES)
-    depth: int | None = _flag("integer", None, "WideResNet depth (--arch=wide_resnet).",
-                              group="model")
-    widen_factor: int | None = _flag("integer", None, "WideResNet widen factor "
-                                     "(--arch=wide_resnet).", group="model")
-    normalization: str = _flag("enum", "cifar10", "Input normalisation inside the model; "
-                               "auto: CIFAR-10 mean/std for AT on CIFAR (its reference "
-                               "normalises), none otherwise.", group="model",
-                               choices=NORMALIZATIONS)
+    depth: int | None = _flag(None, "WideResNet depth (--arch=wide_resnet).", group="model")
+    widen_factor: int | None = _flag(None, "WideResNet widen factor (--arch=wide_resnet).",
+                                     group="model")
+    normalization: str | None = _flag(
+        None, "Input normalisation inside the model: cifar10 (CIFAR-10 per-channel "
+        "mean/std) or none. Default: the reference's: cifar10 for "
+        f"{_NORMALIZING_METHODS} on {' and '.join(_NORMALIZED_DATASETS)}, none otherwise.",
+        group="model", choices=NORMALIZATIONS)
     # --- method
-    method: str = _flag("enum", "at", "Base robust method.", group="method",
+    method: str = _flag("at", "Base robust method.", group="method",
                         choices=objectives.METHODS)
-    use_dac: bool = _flag("boolean", True, "Add the DAC step (False: the plain baseline).",
+    use_dac: bool = _flag(True, "Add the DAC step (False: the plain baseline).",
                           group="method")
-    ac_step: float = _flag("float", _AT.ac_step, "AC loss weight (reference: 0.3 AT/MART, 0.1 "
-                           "TRADES).", group="method")
-    ac_measure: str = _flag("enum", "std", "std: reference code (unbiased std); var: the "
-                            "paper's Definition 1.", group="method", choices=certainty.MEASURES)
-    epsilon: float = _flag("float", _AT.epsilon, "Training attack radius, pixel units /255 "
-                           "(AT: 8; TRADES/MART: 7.905 = 0.031).", group="method", pixels=True)
-    step_size: float = _flag("float", _AT.step_size, "Training attack step, pixel units /255 "
-                             "(AT: 2; TRADES: 1.989 = 0.0078; MART: 1.785 = 0.007).",
-                             group="method", pixels=True)
-    num_steps: int = _flag("integer", _AT.num_steps, "Training attack steps (reference: 10).",
-                           group="method")
-    norm: str = _flag("enum", "linf", "Threat model.", group="method", choices=attacks.NORMS)
-    beta: float | None = _flag("float", None, "TRADES/MART regulariser weight (6 / 5); not "
-                               "for AT.", group="method")
-    random_start: bool = _flag("boolean", True, "Random attack start (False: "
-                               "deterministic).", group="method")
+    ac_step: float | None = _method_flag("ac_step", "AC loss weight.", group="method")
+    ac_measure: str = _flag("std", "std: reference code (unbiased std); var: the paper's "
+                            "Definition 1.", group="method", choices=certainty.MEASURES)
+    epsilon: float | None = _method_flag("epsilon", "Training attack radius.",
+                                         group="method", unit=flagdefs.PIXEL_RADIUS)
+    step_size: float | None = _method_flag("step_size", "Training attack step.",
+                                           group="method", unit=flagdefs.PIXEL_STEP)
+    num_steps: int | None = _method_flag("num_steps", "Training attack steps.",
+                                         group="method")
+    norm: str = _flag("linf", "Threat model.", group="method", choices=attacks.NORMS)
+    beta: float | None = _method_flag("beta", "TRADES/MART regulariser weight; not for AT.",
+                                      group="method")
+    random_start: bool = _flag(True, "Random attack start (False: deterministic).",
+                               group="method")
     reference_bn_updates: bool = _flag(
-        "boolean", False, "Make the reference code's extra train-mode forward passes that "
-        "only move BatchNorm statistics (AT: the attack's final forward and the clean "
-        "forward after the update; TRADES: the discarded trades_loss passes of the AC "
-        "step). Set in every paper config.", group="method")
-    attack_start: str = _derived(_AT.attack_start)
-    attack_training: bool = _derived(_AT.attack_training)
+        False, "Make the reference code's extra train-mode forward passes that only move "
+        "BatchNorm statistics (AT: the attack's final forward and the clean forward after "
+        "the update; TRADES: the discarded trades_loss passes of the AC step). Set in "
+        "every paper config.", group="method")
+    attack_start: str | None = _derived(None)
+    attack_training: bool | None = _derived(None)
     # --- optimisation
-    epochs: int = _flag(
-        "integer", _AT.epochs,
-        "Epochs (reference: AT 200, TRADES 76, MART 120).",
-        group="optimization", resume=MAY_CHANGE)
-    batch_size: int = _flag("integer", _AT.batch_size, "Global batch size, split over replicas "
-                            "(reference: 128; MART 512).", group="optimization")
-    lr: float = _flag("float", _AT.learning_rate, "Learning rate (reference: 0.1; MART 0.01).",
-                      group="optimization")
-    lr_schedule: str = _flag("enum", _AT.lr_schedule, "Default per method: piecewise_at "
-                             "(AT), piecewise_trades (TRADES, MART).", group="optimization",
-                             choices=schedules.SCHEDULES)
-    weight_decay: float = _flag(
-        "float", _AT.weight_decay,
-        "Coupled L2 (reference: 5e-4 AT, 2e-4 TRADES, 3.5e-3 MART).",
-        group="optimization")
-    momentum: float = _flag("float", _AT.momentum, "SGD momentum (PyTorch convention).",
-                            group="optimization")
+    epochs: int | None = _method_flag("epochs", "Epochs.", group="optimization",
+                                      resume=MAY_CHANGE)
+    batch_size: int | None = _method_flag("batch_size", "Global batch size, split over "
+                                          "replicas.", group="optimization")
+    lr: float | None = _method_flag("learning_rate", "Learning rate.", group="optimization")
+    lr_schedule: str | None = _method_flag("lr_schedule", "Learning-rate schedule.",
+                                           group="optimization", choices=schedules.SCHEDULES)
+    weight_decay: float | None = _method_flag("weight_decay", "Coupled L2 (PyTorch SGD's "
+                                              "weight_decay).", group="optimization")
+    momentum: float | None = _method_flag("momentum", "SGD momentum (PyTorch convention).",
+                                          group="optimization")
     # --- model selection (the per-epoch attacked evaluation that picks `best`)
     select_protocol: str = _flag(
-        "enum", "at", "Selection attack preset: " + "; ".join(
+        "at", "Selection attack preset: " + "; ".join(
             f"{k}: {p.description}" for k, p in protocol.SELECTION_PROTOCOLS.items()) + ".",
         group="selection", choices=tuple(protocol.SELECTION_PROTOCOLS))
-    select_epsilon: float = _flag(
-        "float", protocol.BENCHMARK_LINF_EPSILON,
-        "Selection attack radius, pixel units /255 (default: the preset's).",
-        group="selection", pixels=True)
-    select_step_size: float = _flag(
-        "float", _AT_SELECTION.step_fraction * protocol.BENCHMARK_LINF_EPSILON,
-        "Selection attack step, pixel units /255 (default: the preset's).",
-        group="selection", pixels=True)
-    select_steps: int = _flag(
-        "integer", _AT_SELECTION.num_steps,
-        "Selection attack steps (default: the preset's).",
-        group="selection")
-    select_start: str = _flag(
-        "enum", _AT_SELECTION.start,
-        "Selection attack start (default: the preset's).",
-        group="selection", choices=attacks.STARTS)
-    eval_examples: int = _flag("integer", 0, "Examples of the per-epoch attacked "
-                               "evaluation, the first N of the split (0: the whole split, "
-                               "as the reference). The split is the validation split "
-                               "(--val_size > 0), else the test split.", group="selection",
-                               resume=MAY_CHANGE)
-    eval_batch_size: int = _flag("integer", 256, "Batch size of the per-epoch evaluation.",
+    select_epsilon: float | None = _flag(
+        None, "Selection attack radius (default: the preset's).", group="selection",
+        unit=flagdefs.PIXEL_RADIUS)
+    select_step_size: float | None = _flag(
+        None, "Selection attack step (default: the preset's).", group="selection",
+        unit=flagdefs.PIXEL_STEP)
+    select_steps: int | None = _flag(None, "Selection attack steps (default: the "
+                                     "preset's).", group="selection")
+    select_start: str | None = _flag(None, "Selection attack start (default: the "
+                                     "preset's).", group="selection", choices=attacks.STARTS)
+    eval_examples: int = _flag(0, "Examples of the per-epoch attacked evaluation, the first "
+                               "N of the split (0: the whole split, as the reference). The "
+                               "split is the validation split (--val_size > 0), else the "
+                               "test split.", group="selection", resume=MAY_CHANGE)
+    eval_batch_size: int = _flag(256, "Batch size of the per-epoch evaluation.",
                                  group="selection", resume=IGNORED)
     # --- run
-    model_dir: str = _flag("string", "runs/default", "Where the run is written; default "
-                           "runs/<dataset>_<arch>_<method>[_dac].", group="run",
-                           resume=IGNORED)
-    resume: bool = _flag("boolean", False, "Continue the run in --model_dir from its last "
-                         f"epoch, allowing the flags marked {RESUMABLE_MARK} to change "
-                         "(never the learning rate of a planned epoch: --lr_schedule="
+    model_dir: str | None = _flag(None, "Where the run is written; default "
+                                  "runs/<dataset>_<arch>_<method>[_dac].", group="run",
+                                  resume=IGNORED)
+    resume: bool = _flag(False, "Continue the run in --model_dir from its last epoch, "
+                         f"allowing the flags marked {RESUMABLE_MARK} to change (never "
+                         "the learning rate of a planned epoch: --lr_schedule="
                          "piecewise_at and cosine keep --epochs, non-constant schedules "
                          "their batches per epoch). Flags of where and how it runs "
                          "(--data_dir, --strategy, --verbose, ...) may always differ.",
                          group="run", resume=IGNORED)
-    seed: int = _flag("integer", 0, "Seed of initialisation, data order, augmentation, "
-                      "attacks.", group="run")
-    mixed_precision: str = _flag("enum", "float32", "Compute dtype policy.", group="run",
+    seed: int = _flag(0, "Seed of initialisation, data order, augmentation, attacks.",
+                      group="run")
+    mixed_precision: str = _flag("float32", "Compute dtype policy.", group="run",
                                  choices=PRECISIONS)
-    jit_compile: bool = _flag("boolean", False, "Compile the train step with XLA.",
-                              group="run", resume=MAY_CHANGE)
-    strategy: str = _flag("enum", "mirrored", "mirrored: all visible GPUs (one device or "
-                          "the CPU when there is one or none); one_device; multi_worker: "
+    jit_compile: bool = _flag(False, "Compile the train step with XLA.", group="run",
+                              resume=MAY_CHANGE)
+    strategy: str = _flag("mirrored", "mirrored: all visible GPUs (one device or the CPU "
+                          "when there is one or none); one_device; multi_worker: "
                           "MultiWorkerMirroredStrategy from TF_CONFIG.", group="run",
                           choices=STRATEGIES, resume=IGNORED)
     cluster_timeout: float = _flag(
-        "float", 600.0, "With --strategy=multi_worker: seconds to wait for the other tasks "
-        "to start, and for any collective step; then the task stops with exit code 138 "
+        600.0, "With --strategy=multi_worker: seconds to wait for the other tasks to "
+        "start, and for any collective step; then the task stops with exit code 138 "
         "(retry).", group="run", resume=IGNORED)
-    cpu_replicas: int = _flag("integer", 1, "With --strategy=mirrored and no GPU: split "
-                              "the CPU into this many replicas (testing distribution).",
-                              group="run", resume=IGNORED)
-    max_steps_per_epoch: int = _flag("integer", 0, "Cap on batches per epoch (0: all; to "
-                                     "try a paper config on small data).", group="run",
+    cpu_replicas: int = _flag(1, "With --strategy=mirrored and no GPU: split the CPU into "
+                              "this many replicas (testing distribution).", group="run",
+                              resume=IGNORED)
+    max_steps_per_epoch: int = _flag(0, "Cap on batches per epoch (0: all; to try a paper "
+                                     "config on small data).", group="run",
                                      resume=MAY_CHANGE)
-    report: bool = _flag("boolean", True, "Write the plots (dac_tf.report) at the end.",
-                         group="run", resume=IGNORED)
-    deterministic: bool = _flag("boolean", False, "tf.config.experimental."
-                                "enable_op_determinism(): bit-exact reruns on GPU, at some "
-                                "speed cost.", group="run", resume=IGNORED)
-    verbose: int = _flag("integer", 1, "0: one summary line per epoch; 1: also progress "
-                         "bars over the training and evaluation batches.", group="run",
+    report: bool = _flag(True, "Write the plots (dac_tf.report) at the end.", group="run",
                          resume=IGNORED)
+    deterministic: bool = _flag(False, "tf.config.experimental.enable_op_determinism(): "
+                                "bit-exact reruns on GPU, at some speed cost.", group="run",
+                                resume=IGNORED)
+    verbose: int = _flag(1, "0: one summary line per epoch; 1: also progress bars over the "
+                         "training and evaluation batches.", group="run", resume=IGNORED)
 
     @property
     def arch_kwargs(self):
@@ -234,52 +237,24 @@ class TrainConfig:
         return record
 
 
-FLAG_FIELDS = tuple(f for f in dataclasses.fields(TrainConfig) if f.metadata.get("kind"))
-FLAG_NAMES = tuple(f.name for f in FLAG_FIELDS)
+FLAG_FIELDS = flagdefs.flag_fields(TrainConfig)
+FLAG_NAMES = flagdefs.flag_names(TrainConfig)
+
+
+def _resume_rule(field):
+    spec = flagdefs.spec_of(field)
+    return spec.resume if spec is not None else field.metadata.get("resume")
+
+
 RESUME_MAY_CHANGE = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                          if f.metadata.get("resume") == MAY_CHANGE)
+                          if _resume_rule(f) == MAY_CHANGE)
 RESUME_IGNORED = tuple(f.name for f in dataclasses.fields(TrainConfig)
-                        if f.metadata.get("resume") == IGNORED)
+                        if _resume_rule(f) == IGNORED)
 
 
 def define_flags(flag_values=flags.FLAGS):
-    """Defines the training flags on `flag_values` (idempotent).
-
-    Every flag defaults to None (unset) unless its value is the same for every method and
-    dataset: `resolve` fills in the reference's values, so `--helpfull` shows None where
-    the default depends on --method.
-    """
-    if "method" in flag_values:
-        return
-    for field in FLAG_FIELDS:
-        meta = field.metadata
-        default = _flag_default(field)
-        kwargs = dict(flag_values=flag_values, module_name=f"dac_tf.train ({meta['group']})")
-        help_text = meta["help"]
-        if meta["resume"] == MAY_CHANGE:
-            help_text += f" {RESUMABLE_MARK}"
-        if meta["kind"] == "enum":
-            flags.DEFINE_enum(field.name, default, list(meta["choices"]), help_text,
-                              **kwargs)
-        else:
-            define = getattr(flags, f"DEFINE_{meta['kind']}")
-            define(field.name, default, help_text, **kwargs)
-
-
-# Flags whose default is the same for every method and dataset; every other flag is unset
-# (None) until `resolve` picks the method's or dataset's value.
-_FIXED_DEFAULT_FLAGS = (
-    "dataset", "val_size", "pad", "arch", "method", "use_dac", "ac_measure", "norm",
-    "random_start", "reference_bn_updates", "select_protocol", "eval_examples",
-    "cluster_timeout",
-    "eval_batch_size", "resume", "seed", "mixed_precision", "jit_compile", "strategy",
-    "cpu_replicas", "max_steps_per_epoch", "report", "deterministic", "verbose", "momentum")
-
-
-def _flag_default(field):
-    if field.name == "normalization":
-        return "auto"
-    return field.default if field.name in _FIXED_DEFAULT_FLAGS else None
+    """Defines the training flags on `flag_values` from `TrainConfig` (idempotent)."""
+    flagdefs.define_flags(TrainConfig, flag_values, program=_PROGRAM)
 
 
 def from_flags(flag_values):
@@ -288,17 +263,33 @@ def from_flags(flag_values):
                     if name in flag_values})
 
 
-def _check_finite(v):
+def _check_finite(values):
     for field in FLAG_FIELDS:
-        value = v.get(field.name)
-        if field.metadata["kind"] == "float" and value is not None and not math.isfinite(
-                float(value)):
+        value = values.get(field.name)
+        if (flagdefs.flag_type(TrainConfig, field)[0] == "float" and value is not None
+                and not math.isfinite(float(value))):
             raise ConfigError(f"--{field.name}={value} is not valid; it must be a finite "
                               "number.")
 
 
+_CASTS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _field_value(field, value):
+    """A given flag value in the field's type and units (pixel levels -> [0, 1])."""
+    try:
+        value = flagdefs.to_field(TrainConfig, field.name, value)
+    except flagdefs.FlagError as e:
+        raise ConfigError(str(e)) from None
+    return _CASTS[flagdefs.flag_type(TrainConfig, field)[0]](value)
+
+
 def resolve(values):
-    """Turns raw flag values (a dict; None = unset) into a validated `TrainConfig`.
+    """Turns raw flag values (a dict; None or "" = unset) into a validated `TrainConfig`.
+
+    An unset flag takes its field's default; a None default is resolved as the field's
+    help says (the method's reference value, `objectives.DEFAULTS`; the selection
+    preset's; the dataset's).
 
     Args:
       values: mapping flag name -> value, e.g. `{k: FLAGS[k].value for k in FLAG_NAMES}`.
@@ -310,98 +301,59 @@ def resolve(values):
     Raises:
       ConfigError: a value or combination that is not valid, naming the flag.
     """
-    v = dict(values)
-    unknown = sorted(set(v) - set(FLAG_NAMES))
+    unknown = sorted(set(values) - set(FLAG_NAMES))
     if unknown:
         raise ConfigError(f"unknown training flag(s) {', '.join('--' + k for k in unknown)}.")
-    _check_finite(v)
-    method = v.get("method") or "at"
-    if method not in objectives.METHODS:
-        raise ConfigError(f"--method={method!r} is not valid; use one of "
+    given = {k: v for k, v in values.items() if v is not None and v != ""}
+    _check_finite(given)
+    fields = {f.name: f for f in FLAG_FIELDS}
+    v = {name: field.default for name, field in fields.items()}
+    v.update(given)
+    if v["method"] not in objectives.METHODS:
+        raise ConfigError(f"--method={v['method']!r} is not valid; use one of "
                           f"{', '.join(objectives.METHODS)}.")
-    ref = objectives.defaults(method)
-    dataset = v.get("dataset") or "cifar10"
+    dataset = v["dataset"]
     if dataset not in data.DATASETS and not dataset.startswith("npz:"):
         raise ConfigError(f"--dataset={dataset!r} is not valid; use one of "
                           f"{', '.join(data.DATASETS)} or npz:PATH.")
-    norm = v.get("norm") or "linf"
-
-    if method == "at" and v.get("beta") is not None:
+    if v["method"] == "at" and "beta" in given:
         raise ConfigError("--beta is a TRADES/MART parameter; --method=at does not use it.")
-    if v.get("use_dac") is False and v.get("ac_step") is not None:
+    if v["use_dac"] is False and "ac_step" in given:
         raise ConfigError("--ac_step has no effect with --nouse_dac; drop one of them.")
-    if norm == "l2" and (v.get("epsilon") is None or v.get("step_size") is None):
+    if v["norm"] == "l2" and ("epsilon" not in given or "step_size" not in given):
         raise ConfigError("--norm=l2 needs explicit --epsilon and --step_size (the "
                           "defaults are L-inf budgets).")
-    arch = v.get("arch") or "preact_resnet18"
     for key in ("depth", "widen_factor"):
-        if v.get(key) is not None and arch != "wide_resnet":
+        if key in given and v["arch"] != "wide_resnet":
             raise ConfigError(f"--{key} applies to --arch=wide_resnet only (got "
-                              f"--arch={arch}).")
-    protocol_name = v.get("select_protocol") or "at"
-    if protocol_name not in protocol.SELECTION_PROTOCOLS:
-        raise ConfigError(f"--select_protocol={protocol_name!r} is not valid; use one of "
-                          f"{', '.join(protocol.SELECTION_PROTOCOLS)}.")
+                              f"--arch={v['arch']}).")
+    if v["select_protocol"] not in protocol.SELECTION_PROTOCOLS:
+        raise ConfigError(f"--select_protocol={v['select_protocol']!r} is not valid; use "
+                          f"one of {', '.join(protocol.SELECTION_PROTOCOLS)}.")
+    v.update({name: _field_value(fields[name], value) for name, value in given.items()})
 
-    def pick(key, default):
-        return default if v.get(key) is None else v[key]
-
-    def pixels(key, default):
-        try:
-            value = protocol.from_pixels(key, v.get(key), radius="epsilon" in key)
-        except protocol.UnitError as e:
-            raise ConfigError(str(e)) from None
-        return default if value is None else value
-
-    augment = v.get("augment") or ("none" if dataset == "digits" else ref.augmentation_padding)
-    normalization = v.get("normalization") or "auto"
-    if normalization == "auto":
-        normalization = ("cifar10" if ref.normalize_inputs
-                         and dataset in ("cifar10", "cifar100") else "none")
-    use_dac = bool(pick("use_dac", True))
-    random_start = bool(pick("random_start", True))
-    epsilon = pixels("epsilon", ref.epsilon)
-    step_size = pixels("step_size", ref.step_size)
-    num_steps = int(pick("num_steps", ref.num_steps))
-    attack_start = ref.attack_start if random_start else "none"
+    ref = objectives.DEFAULTS[v["method"]]
+    if v["augment"] is None and dataset == "digits":
+        v["augment"] = "none"
+    for field in FLAG_FIELDS:
+        attribute = field.metadata.get(METHOD_DEFAULT)
+        if attribute and v[field.name] is None:
+            v[field.name] = getattr(ref, attribute)
+    if v["normalization"] is None:
+        v["normalization"] = ("cifar10" if ref.normalize_inputs
+                              and dataset in _NORMALIZED_DATASETS else "none")
+    if v["model_dir"] is None:
+        v["model_dir"] = default_model_dir(dataset, v["arch"], v["method"], v["use_dac"])
+    attack_start = ref.attack_start if v["random_start"] else "none"
     selection = protocol.selection_attack(
-        protocol_name, dataset=dataset, norm=norm, epsilon=epsilon, step_size=step_size,
-        num_steps=num_steps, attack_start=attack_start,
-        overrides=dict(epsilon=pixels("select_epsilon", None),
-                       step_size=pixels("select_step_size", None),
-                       num_steps=v.get("select_steps"), start=v.get("select_start")))
-
-    config = TrainConfig(
-        dataset=dataset, data_dir=v.get("data_dir"), val_size=int(pick("val_size", 0)),
-        augment=augment, pad=int(pick("pad", 4)), arch=arch, depth=v.get("depth"),
-        widen_factor=v.get("widen_factor"), normalization=normalization, method=method,
-        use_dac=use_dac, ac_step=float(pick("ac_step", ref.ac_step)),
-        ac_measure=pick("ac_measure", "std"), epsilon=epsilon, step_size=step_size,
-        num_steps=num_steps, norm=norm,
-        beta=None if method == "at" else float(pick("beta", ref.beta)),
-        random_start=random_start,
-        reference_bn_updates=bool(pick("reference_bn_updates", False)),
-        attack_start=attack_start, attack_training=ref.attack_training,
-        epochs=int(pick("epochs", ref.epochs)),
-        batch_size=int(pick("batch_size", ref.batch_size)),
-        lr=float(pick("lr", ref.learning_rate)),
-        lr_schedule=pick("lr_schedule", ref.lr_schedule),
-        weight_decay=float(pick("weight_decay", ref.weight_decay)),
-        momentum=float(pick("momentum", ref.momentum)),
-        select_protocol=protocol_name, select_epsilon=selection["epsilon"],
-        select_step_size=selection["step_size"], select_steps=selection["num_steps"],
-        select_start=selection["start"],
-        eval_examples=int(pick("eval_examples", 0)),
-        eval_batch_size=int(pick("eval_batch_size", 256)),
-        model_dir=v.get("model_dir") or default_model_dir(dataset, arch, method, use_dac),
-        resume=bool(pick("resume", False)), seed=int(pick("seed", 0)),
-        mixed_precision=pick("mixed_precision", "float32"),
-        jit_compile=bool(pick("jit_compile", False)), strategy=pick("strategy", "mirrored"),
-        cpu_replicas=int(pick("cpu_replicas", 1)),
-        cluster_timeout=float(pick("cluster_timeout", 600.0)),
-        max_steps_per_epoch=int(pick("max_steps_per_epoch", 0)),
-        report=bool(pick("report", True)), deterministic=bool(pick("deterministic", False)),
-        verbose=int(pick("verbose", 1)))
+        v["select_protocol"], dataset=dataset, norm=v["norm"], epsilon=v["epsilon"],
+        step_size=v["step_size"], num_steps=v["num_steps"], attack_start=attack_start,
+        overrides=dict(epsilon=v["select_epsilon"], step_size=v["select_step_size"],
+                       num_steps=v["select_steps"], start=v["select_start"]))
+    v.update(select_epsilon=selection["epsilon"], select_step_size=selection["step_size"],
+             select_steps=selection["num_steps"], select_start=selection["start"])
+    config = TrainConfig(**v, attack_start=attack_start,
+                         attack_training=ref.attack_training)
     validate(config)
     return config
 
@@ -445,11 +397,11 @@ def validate(config):
             raise ConfigError(f"--{name}={getattr(config, name)!r} is not valid; it must "
                               f"be {valid}.")
     for field in FLAG_FIELDS:
-        if field.metadata["kind"] == "enum":
-            value = getattr(config, field.name)
-            if value not in field.metadata["choices"]:
-                raise ConfigError(f"--{field.name}={value!r} is not valid; use one of "
-                                  f"{', '.join(field.metadata['choices'])}.")
+        choices = flagdefs.spec_of(field).choices
+        value = getattr(config, field.name)
+        if choices is not None and value not in choices:
+            raise ConfigError(f"--{field.name}={value!r} is not valid; use one of "
+                              f"{', '.join(choices)}.")
 
 
 def flagfile_text(config):
@@ -464,7 +416,7 @@ def flagfile_text(config):
         value = getattr(config, field.name)
         if field.name in ("resume", "model_dir") or value is None:
             continue
-        if field.metadata["pixels"]:
+        if flagdefs.spec_of(field).unit is not None:
             value = protocol.to_pixels(value)
         if isinstance(value, bool):
             lines.append(f"--{field.name}" if value else f"--no{field.name}")

@@ -5,59 +5,62 @@ r"""SavedModel export for TensorFlow Serving: `python -m dac_tf.export`.
 
 writes the base network of a training run as a SavedModel in TF Serving's versioned
 layout (export/at_dac/1/, ...) and prints the version directory. The export itself, its
-signatures and its guarantees are the library's: `dac_tf.serving`.
+signatures and its guarantees are the library's: `dac_tf.serving.export_run` (the same
+call from Python).
 """
 
-from absl import flags
-from absl import logging
+import dataclasses
 
+from absl import flags
+
+from dac_tf import checkpoints
 from dac_tf import cli
-from dac_tf.serving import ExportError
+from dac_tf import flagdefs
 from dac_tf.serving import export_run
 
+_PROGRAM = "dac_tf.export"
 
-# ---------------------------------------------------------------------- CLI
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """The export program's flags (`flagdefs`): which run, which checkpoint, where to."""
+
+    model_dir: str | None = flagdefs.flag(None, "Training run directory (has "
+                                          f"{checkpoints.CONFIG_FILE}). Required.")
+    checkpoint: str = flagdefs.flag("best", "Which checkpoint of the run.",
+                                    choices=checkpoints.CHECKPOINTS)
+    export_dir: str | None = flagdefs.flag(None, "Export base directory, e.g. "
+                                           "export/NAME: the SavedModel goes to "
+                                           "export/NAME/<version>/. Required.")
+    # A string: a bad value gets the library's one-line error naming what is valid.
+    version: str | None = flagdefs.flag(None, "Version number to write (default: the next "
+                                        "free one).")
+    overwrite: bool = flagdefs.flag(False, "Replace an existing --version.")
+    eval_json: str | None = flagdefs.flag(
+        None, "Evaluation JSON to record in the metadata (default: "
+        f"model_dir/{checkpoints.eval_result_name('<checkpoint>')} if it exists).")
+    verify: bool = flagdefs.flag(True, "Load the export back and check it against the "
+                                 "model before moving it into place.")
+
+
 def define_flags(flag_values=flags.FLAGS):
-    """Defines the export flags on `flag_values` (idempotent).
+    """Defines the export flags on `flag_values` from `ExportConfig` (idempotent).
 
     Called only when this module is the program: the training and evaluation CLIs own
     flags with the same names (--model_dir, --checkpoint), and absl refuses a flag
     defined twice in one process.
     """
-    if "export_dir" in flag_values:
-        return
-    f = dict(flag_values=flag_values)
-    flags.DEFINE_string("model_dir", None, "Training run directory (has config.json).", **f)
-    flags.DEFINE_string("checkpoint", "best", "best or last.", **f)
-    flags.DEFINE_string("export_dir", None, "Export base directory, e.g. export/NAME: the "
-                        "SavedModel goes to export/NAME/<version>/.", **f)
-    # A string, so that a bad value gets this module's one-line error, not absl's usage.
-    flags.DEFINE_string("version", None, "Version number to write (default: the next free "
-                        "one).", **f)
-    flags.DEFINE_boolean("overwrite", False, "Replace an existing --version.", **f)
-    flags.DEFINE_string("eval_json", None, "Evaluation JSON to record in the metadata "
-                        "(default: model_dir/eval_<checkpoint>.json if it exists).", **f)
-    flags.DEFINE_boolean("verify", True, "Load the export back and check it against the "
-                         "model before moving it into place.", **f)
+    flagdefs.define_flags(ExportConfig, flag_values, program=_PROGRAM)
 
 
-@cli.guard("nothing was moved into place: an interrupted export leaves no version "
-           "behind; run the same command again.")
-def main(argv, flag_values=None):
+@cli.program(lambda flag_values: flagdefs.read_config(ExportConfig, flag_values),
+             "nothing was moved into place: an interrupted export leaves no version "
+             "behind; run the same command again.")
+def main(config):
     """`python -m dac_tf.export`: prints the version directory written."""
-    if len(argv) > 1:
-        raise ExportError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
-                          "--name=value).")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    for name in ("model_dir", "export_dir"):
-        if not flag_values[name].value:
-            raise ExportError(f"--{name} is required.")
-    path = export_run(flag_values.model_dir, flag_values.export_dir,
-                      checkpoint=flag_values.checkpoint, version=flag_values.version,
-                      overwrite=flag_values.overwrite, eval_json=flag_values.eval_json,
-                      verify=flag_values.verify)
-    print(path)
+    print(export_run(config.model_dir, config.export_dir, checkpoint=config.checkpoint,
+                     version=config.version, overwrite=config.overwrite,
+                     eval_json=config.eval_json, verify=config.verify))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ UNITS = (None, PIXEL_RADIUS, PIXEL_STEP)
 IGNORED = "ignored"          # never part of a run's identity (where or how it runs)
 MAY_CHANGE = "may_change"    # may change on a resumed run (its length, its speed)
 RESUME_RULES = (None, IGNORED, MAY_CHANGE)
+# Appended to the `--help` text of every MAY_CHANGE flag.
+RESUMABLE_MARK = "[resumable]"
 
 _SPEC_KEY = "dac_tf.flag"
 
@@ -78,7 +80,7 @@ class FlagSpec:
 
 
 def flag(default, help_text, *, group="flags", choices=None, unit=None, resume=None,
-         repeat=False):
+         repeat=False, metadata=None):
     """A dataclass field that is also a command-line flag (see the module docstring).
 
     Args:
@@ -90,6 +92,8 @@ def flag(default, help_text, *, group="flags", choices=None, unit=None, resume=N
       unit: None, PIXEL_RADIUS or PIXEL_STEP.
       resume: None, IGNORED or MAY_CHANGE.
       repeat: tuple fields only: a repeatable flag instead of a comma list.
+      metadata: more field metadata, for the program's own use (e.g. which reference
+        value an unset flag resolves to).
 
     Returns:
       A `dataclasses.field`.
@@ -101,7 +105,7 @@ def flag(default, help_text, *, group="flags", choices=None, unit=None, resume=N
     spec = FlagSpec(help=help_text, group=group,
                     choices=None if choices is None else tuple(choices), unit=unit,
                     resume=resume, repeat=repeat)
-    return dataclasses.field(default=default, metadata={_SPEC_KEY: spec})
+    return dataclasses.field(default=default, metadata={**(metadata or {}), _SPEC_KEY: spec})
 
 
 def spec_of(field):
@@ -118,7 +122,7 @@ def flag_names(config_cls):
     return tuple(f.name for f in flag_fields(config_cls))
 
 
-def _kind(config_cls, field):
+def flag_type(config_cls, field):
     """("bool" | "int" | "float" | "str", is_tuple) of a field's annotation."""
     annotation = typing.get_type_hints(config_cls)[field.name]
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -138,7 +142,7 @@ def _kind(config_cls, field):
 
 def flag_default(config_cls, field):
     """The flag's default: the field's, in the flag's units (lists as absl holds them)."""
-    kind, is_tuple = _kind(config_cls, field)
+    kind, is_tuple = flag_type(config_cls, field)
     default = field.default
     if default is dataclasses.MISSING or default is None:
         return None
@@ -156,7 +160,7 @@ def help_text(field):
     if spec.unit is not None:
         text += " Pixel levels out of 255 (8 means 8/255)."
     if spec.resume == MAY_CHANGE:
-        text += " [may change with --resume]"
+        text += f" {RESUMABLE_MARK}"
     return text
 
 
@@ -173,7 +177,7 @@ def define_flags(config_cls, flag_values=flags.FLAGS, *, program):
         if field.name in flag_values:
             continue
         spec = spec_of(field)
-        kind, is_tuple = _kind(config_cls, field)
+        kind, is_tuple = flag_type(config_cls, field)
         default = flag_default(config_cls, field)
         kwargs = dict(flag_values=flag_values, module_name=f"{program} ({spec.group})")
         text = help_text(field)
@@ -202,7 +206,7 @@ def to_field(config_cls, name, value):
     """
     field = next(f for f in flag_fields(config_cls) if f.name == name)
     spec = spec_of(field)
-    kind, is_tuple = _kind(config_cls, field)
+    kind, is_tuple = flag_type(config_cls, field)
     if value is None:
         return None
     if spec.unit is not None:
@@ -238,6 +242,16 @@ def read_flags(config_cls, flag_values):
     """
     return {name: to_field(config_cls, name, flag_values[name].value)
             for name in flag_names(config_cls) if name in flag_values}
+
+
+def read_config(config_cls, flag_values):
+    """`config_cls` built from its flags' values (`read_flags`); the fields that are no
+    flags keep their defaults.
+
+    Raises:
+      FlagError: see `to_field`.
+    """
+    return config_cls(**read_flags(config_cls, flag_values))
 
 
 def check_defaults(config_cls, flag_values):

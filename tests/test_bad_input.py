@@ -164,7 +164,7 @@ def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):
     # Anything accepted is a valid evaluation setting.
     assert config.epsilon is None or 0 <= config.epsilon <= 1
     assert config.batch_size >= 1 and config.split in evaluate.SPLITS
-    assert all(c in ("best", "last") for c in config.checkpoints)
+    assert all(c in ("best", "last") for c in config.checkpoint)
     assert attacks.parse_attacks(config.attacks)
 
 

@@ -31,6 +31,7 @@ from dac_tf.evaluation import checks
 from dac_tf.evaluation import loading
 from dac_tf.evaluation import results
 from dac_tf.evaluation import runner
+from dac_tf.evaluation import suite
 from dac_tf.evaluation import table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -580,7 +581,7 @@ def test_hand_edited_resume_json_is_a_one_line_error(run_dir, tmp_path, capsys):
     out = tmp_path / "r.json"
     argv = [f"--model={run_dir}", "--attacks=clean", "--num_examples=8", f"--output={out}",
             "--noprogress"]
-    evaluate.run(_config(argv))
+    suite.evaluate_models(_config(argv))
     record = json.loads(out.read_text())
     for damage in ({"robust_flags": 5}, {"robust_flags": {"clean": "10x"}},
                    {"attack_settings": []}):
@@ -597,7 +598,7 @@ def test_cli_two_models_one_table_and_resume(run_dir, tmp_path, capsys):
     argv = [f"--model={run_dir}", f"--model={run_dir}", "--checkpoint=last,best",
             "--attacks=clean,pgd3", "--num_examples=20", "--batch_size=8", f"--output={out}",
             "--noprogress"]
-    records, text = evaluate.run(_config(argv))
+    records, text = suite.evaluate_models(_config(argv))
     doc = json.loads(out.read_text())
     assert [r["model_label"] for r in doc["models"]] == ["digits_run (last)",
                                                          "digits_run (best)"]
@@ -606,7 +607,7 @@ def test_cli_two_models_one_table_and_resume(run_dir, tmp_path, capsys):
     assert len(rows) == 2 and (tmp_path / "both.md").read_text() == text
 
     # --resume with everything done reruns nothing and gives the same numbers.
-    records2, _ = evaluate.run(_config([*argv, "--resume"]))
+    records2, _ = suite.evaluate_models(_config([*argv, "--resume"]))
     for a, b in zip(records, records2):
         assert a["accuracy"] == b["accuracy"] and a["seconds"] == b["seconds"]
 
@@ -617,11 +618,11 @@ def test_results_table_and_resume_on_a_url_output(run_dir):
     out = "ram://evaluate_test/results/r.json"
     argv = [f"--model={run_dir}", "--attacks=clean,pgd2", "--num_examples=16",
             "--batch_size=8", f"--output={out}", "--noprogress"]
-    first, text = evaluate.run(_config(argv))
+    first, text = suite.evaluate_models(_config(argv))
     stored = results.read_results(out)
     assert stored[0]["robust_flags"] == first[0]["robust_flags"]
     assert fileio.read_text(table.table_path(out)) == text
-    again, _ = evaluate.run(_config([*argv, "--resume"]))
+    again, _ = suite.evaluate_models(_config([*argv, "--resume"]))
     assert again[0]["seconds"] == first[0]["seconds"]   # every attack reused
     assert sorted(tf.io.gfile.listdir("ram://evaluate_test/results")) == ["r.json", "r.md"]
 
@@ -635,7 +636,7 @@ def test_resume_never_reuses_results_of_other_weights(run_dir, trained, tmp_path
     out = tmp_path / "last.json"
     argv = [f"--model={run}", "--checkpoint=last", "--attacks=clean,pgd3",
             "--num_examples=40", "--batch_size=8", f"--output={out}", "--noprogress"]
-    first, _ = evaluate.run(_config(argv))
+    first, _ = suite.evaluate_models(_config(argv))
 
     # Same argmax everywhere (logits scaled by 3), other gradients: a new `last`.
     moved = keras.models.clone_model(trained)
@@ -644,8 +645,8 @@ def test_resume_never_reuses_results_of_other_weights(run_dir, trained, tmp_path
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=moved),
                                          str(run / checkpoints.LAST_DIR), max_to_keep=1)
     manager.save(checkpoint_number=2)
-    resumed, _ = evaluate.run(_config([*argv, "--resume"]))
-    fresh, _ = evaluate.run(_config([a for a in argv if not a.startswith("--output")]
+    resumed, _ = suite.evaluate_models(_config([*argv, "--resume"]))
+    fresh, _ = suite.evaluate_models(_config([a for a in argv if not a.startswith("--output")]
                                     + [f"--output={tmp_path / 'fresh.json'}"]))
     assert resumed[0]["robust_flags"]["__clean__"] == first[0]["robust_flags"]["__clean__"]
     assert resumed[0]["checkpoint_path"].endswith("ckpt-2")

@@ -67,8 +67,8 @@ def test_help_states_group_unit_and_resume_rule():
     by_module = flag_values.flags_by_module_dict()
     assert {f.name for f in by_module["toy (a)"]} == {"name", "count"}
     assert "Pixel levels out of 255" in flag_values["step"].help
-    assert "[may change with --resume]" in flag_values["count"].help
-    assert "[may change" not in flag_values["rate"].help
+    assert flag_values["count"].help.endswith(flagdefs.RESUMABLE_MARK)
+    assert flagdefs.RESUMABLE_MARK not in flag_values["rate"].help
 
 
 def test_check_defaults_finds_a_flag_defined_by_hand_with_another_default():

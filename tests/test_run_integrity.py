@@ -20,7 +20,6 @@ import pytest
 import clitools
 from dac_tf import callbacks
 from dac_tf import checkpoints
-from dac_tf import config as config_lib
 from dac_tf import rundir
 from dac_tf import train
 
@@ -123,35 +122,7 @@ def test_rerunning_a_finished_run_says_complete_and_writes_nothing(run_copy):
     assert json.loads((run_copy / "config.json").read_text())["epochs"] == 2
 
 
-def _state(**recorded):
-    return rundir.RunState(exists=True, config=recorded, last_epochs=(1,),
-                           checkpoint_files=(1,), best_epochs=(1,), rows=())
-
-
-@pytest.mark.parametrize("schedule, flags, refused", [
-    ("cosine", dict(epochs=3), "--epochs=3"),
-    ("piecewise_at", dict(epochs=1), "--epochs=1"),
-    ("piecewise_trades", dict(epochs=120), None),
-    ("constant", dict(epochs=3, max_steps_per_epoch=2), None),
-    ("piecewise_trades", dict(max_steps_per_epoch=2), "--max_steps_per_epoch=2"),
-    ("cosine", dict(max_steps_per_epoch=50), None),      # >= the 10 batches: no change
-    ("piecewise_at", dict(max_steps_per_epoch=0), None),
-])
-def test_the_resume_rule_keeps_every_planned_batch_rate(schedule, flags, refused):
-    """A run planned as 2 epochs of 10 batches (1280 examples in batches of 128)."""
-    values = dict(method="at", lr_schedule=schedule, epochs=2, batch_size=128,
-                  max_steps_per_epoch=0, model_dir="run")
-    values.update(flags)
-    config = config_lib.resolve(values)
-    state = _state(epochs=2, max_steps_per_epoch=0, lr_schedule=schedule)
-    if refused is None:
-        train._check_schedule_kept(config, state, train_size=1280)
-    else:
-        with pytest.raises(config_lib.ConfigError, match=refused):
-            train._check_schedule_kept(config, state, train_size=1280)
-
-
-@pytest.mark.slow   # two trainings; the rule itself: the test above
+@pytest.mark.slow   # two trainings; the rule itself: tests/test_training_resume.py
 def test_a_resume_keeps_every_batch_at_its_planned_rate(tmp_path):
     """piecewise_trades drops at fixed epochs: more epochs continue the same formula
     and are allowed; other batches per epoch would move every batch to another rate

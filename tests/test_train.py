@@ -1,10 +1,9 @@
-"""The training CLI: config resolution, flag errors, an end-to-end run, resume, tfds."""
+"""The training CLI: flag errors, an end-to-end run, resume (the config: tests/test_config.py)."""
 
 import csv
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,6 @@ import pytest
 
 import clitools
 from dac_tf import checkpoints
-from dac_tf import config as config_lib
 from dac_tf import rundir
 from dac_tf import train
 
@@ -48,45 +46,6 @@ def run_cli(args, timeout=None):
                                  stderr=result.stderr)
 
 
-# ------------------------------------------------------------------- config
-def test_defaults_reproduce_the_reference_per_method():
-    at = config_lib.resolve({"method": "at"})
-    assert (at.epsilon, at.step_size, at.num_steps, at.epochs, at.batch_size, at.lr,
-            at.lr_schedule, at.weight_decay, at.augment, at.normalization, at.ac_step,
-            at.attack_start) == (8 / 255, 2 / 255, 10, 200, 128, 0.1, "piecewise_at", 5e-4,
-                                 "reflect", "cifar10", 0.3, "uniform")
-    trades = config_lib.resolve({"method": "trades"})
-    assert (trades.epsilon, trades.step_size, trades.epochs, trades.lr_schedule,
-            trades.weight_decay, trades.augment, trades.normalization, trades.beta,
-            trades.ac_step, trades.attack_start) == (
-        0.031, 0.0078, 76, "piecewise_trades", 2e-4, "zero", "none", 6.0, 0.1, "normal")
-    mart = config_lib.resolve({"method": "mart"})
-    assert (mart.batch_size, mart.lr, mart.weight_decay, mart.epochs, mart.beta) == (
-        512, 0.01, 3.5e-3, 120, 5.0)
-
-
-def test_epsilon_flags_are_in_pixel_units():
-    config = config_lib.resolve({"method": "at", "epsilon": 16, "step_size": 4})
-    assert config.epsilon == pytest.approx(16 / 255)
-    assert config.step_size == pytest.approx(4 / 255)
-
-
-@pytest.mark.parametrize("values, flag", [
-    ({"method": "at", "beta": 6.0}, "--beta"),
-    ({"method": "at", "epochs": 0}, "--epochs"),
-    ({"method": "at", "batch_size": -4}, "--batch_size"),
-    ({"method": "at", "norm": "l2"}, "--norm=l2"),
-    ({"method": "at", "depth": 28}, "--depth"),
-    ({"method": "at", "epsilon": 300}, "--epsilon"),
-    ({"method": "at", "dataset": "imagenet"}, "--dataset"),
-    ({"method": "at", "use_dac": False, "ac_step": 0.3}, "--ac_step"),
-    ({"method": "at", "momentum": 1.5}, "--momentum"),
-])
-def test_bad_values_name_the_flag(values, flag):
-    with pytest.raises(config_lib.ConfigError, match=flag):
-        config_lib.resolve(values)
-
-
 @pytest.mark.parametrize("args, expected", [
     (["--method=pgd"], "--method"),
     (["--method=at", "--beta=6"], "--beta"),
@@ -102,23 +61,6 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, args, expected):
     assert expected in result.stderr
     error_lines = [l for l in result.stderr.splitlines() if "rror" in l]
     assert len(error_lines) >= 1 and len(error_lines[-1]) < 600
-
-
-def test_help_marks_the_flags_resume_may_change():
-    """`--resume`'s help refers to "the flags marked [resumable]": exactly the flags
-    `--resume` accepts a change of carry that mark in `--help`."""
-    result = clitools.run_main(train, ["--help"])
-    assert result.code == 0
-    text = " ".join(result.stdout.split())
-    assert f"marked {config_lib.RESUMABLE_MARK} to change" in text
-    marked = set()
-    for block in re.split(r"\s(?=--(?:\[no\])?[a-z_]+: )", text):
-        match = re.match(r"--(?:\[no\])?([a-z_]+): ", block)
-        if match and block.rstrip().count(config_lib.RESUMABLE_MARK) and \
-                match.group(1) != "resume":
-            marked.add(match.group(1))
-    assert marked == set(train.RESUME_MAY_CHANGE) == {
-        "epochs", "eval_examples", "max_steps_per_epoch", "jit_compile"}
 
 
 # -------------------------------------------------------------- end to end
@@ -272,62 +214,6 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
         ref_rows, new_rows = list(csv.DictReader(f)), list(csv.DictReader(g))
     assert [r["test_robust_accuracy"] for r in ref_rows] == [
         r["test_robust_accuracy"] for r in new_rows]
-
-
-def test_tfds_cifar10_path_under_mock_data(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
-    config = config_lib.resolve(dict(
-        dataset="cifar10", arch="small_cnn", method="trades", epochs=1, batch_size=16,
-        max_steps_per_epoch=2, eval_examples=16, num_steps=1, report=False, verbose=0,
-        model_dir=str(tmp_path / "cifar")))
-    with tfds.testing.mock_data(num_examples=48):
-        summary = train.train_and_evaluate(config)
-    saved = json.loads((tmp_path / "cifar" / "config.json").read_text())
-    assert saved["input_shape"] == [32, 32, 3] and saved["num_classes"] == 10
-    assert summary["last"]["epoch"] == 1
-    assert 0 <= summary["last"]["test_robust_accuracy"] <= 1
-
-
-def parse_flagfile(path):
-    values = {}
-    for line in open(path, encoding="utf-8"):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, eq, value = line[2:].partition("=")
-        if not eq:
-            values[key[2:] if key.startswith("no") else key] = not key.startswith("no")
-            continue
-        try:
-            values[key] = int(value)
-        except ValueError:
-            try:
-                values[key] = float(value)
-            except ValueError:
-                values[key] = value
-    return values
-
-
-@pytest.mark.parametrize("name", sorted(
-    f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".cfg")))
-def test_config_files_resolve_and_paper_rows_equal_the_reference(name):
-    path = os.path.join(REPO, "configs", name)
-    header = open(path, encoding="utf-8").readline()
-    assert header.startswith("#") and ("Paper row" in header or "Quickstart" in header)
-    assert f"--flagfile=configs/{name}" in open(path, encoding="utf-8").read()
-    values = parse_flagfile(path)
-    config = config_lib.resolve(values)
-    if name == "quickstart.cfg":
-        assert config.dataset == "digits" and config.use_dac
-        return
-    # The reference's values, plus its BatchNorm-only passes (off in the library).
-    reference = config_lib.resolve({"method": values["method"], "use_dac": values["use_dac"],
-                                    "arch": values["arch"], "dataset": "cifar10",
-                                    "reference_bn_updates": True})
-    differing = config_lib.differing_keys(
-        json.loads(json.dumps(reference.to_json_dict())), config)
-    assert differing == []
-    assert config.use_dac == (not name.endswith("_baseline.cfg"))
 
 
 def test_non_finite_loss_stops_with_the_epoch_and_batch_and_writes_no_best(tmp_path):

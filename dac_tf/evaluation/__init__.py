@@ -14,6 +14,8 @@ these):
   the evaluated split; the fingerprints of weights and examples that `--resume` checks.
 - `runner`: `evaluate_model` (one model, a list of attacks, one record) and
   `evaluate_path` (a model directory end to end).
+- `suite`: `EvalConfig` (what `python -m dac_tf.evaluate` takes, as fields) and
+  `evaluate_models` (these models into this output).
 - `progress`: the progress bars (`keras.utils.Progbar` on stderr).
 - `results`: the record's fields, the result file (JSON) written and read back with
   validation, and which stored results `--resume` may reuse.
@@ -37,7 +39,7 @@ class EvaluationError(errors.UserError):
 
 
 _SUBMODULES = ("attacks", "autoattack_runs", "checks", "heatmaps", "loading", "progress",
-               "results", "runner", "specs", "table")
+               "results", "runner", "specs", "suite", "table")
 
 
 def __getattr__(name):

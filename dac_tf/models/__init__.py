@@ -26,7 +26,11 @@ _BUILDERS = {
 ARCHITECTURES = tuple(_BUILDERS)
 
 
-def build(name, num_classes=10, input_shape=(32, 32, 3), normalization="auto", **kwargs):
+# The named normalisations `build` takes (a (mean, std) pair is the other form).
+NORMALIZATIONS = ("none", "cifar10")
+
+
+def build(name, num_classes=10, input_shape=(32, 32, 3), normalization=None, **kwargs):
     """Builds a model of the zoo.
 
     Args:
@@ -35,9 +39,10 @@ def build(name, num_classes=10, input_shape=(32, 32, 3), normalization="auto", *
         (kwarg widths).
       num_classes: number of logits.
       input_shape: (height, width, channels) of the float images in [0, 1].
-      normalization: None or "auto" (none, as the TRADES/MART reference), "cifar10"
-        (per-channel CIFAR-10 mean/std, as the AT reference), or a (mean, std) pair of
-        per-channel sequences.
+      normalization: None or "none" (no normalisation, as the TRADES/MART reference),
+        "cifar10" (per-channel CIFAR-10 mean/std, as the AT reference), or a (mean, std)
+        pair of per-channel sequences. (Which one a method's reference uses is the
+        training config's business: `dac_tf.config.TrainConfig.normalization`.)
       **kwargs: architecture-specific options (see each builder).
 
     Returns:
@@ -50,9 +55,15 @@ def build(name, num_classes=10, input_shape=(32, 32, 3), normalization="auto", *
     if name not in _BUILDERS:
         raise ValueError(f"Unknown architecture {name!r}; valid names: "
                          f"{', '.join(ARCHITECTURES)}.")
+    if isinstance(normalization, str):
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization={normalization!r} is not valid; use None or "
+                             "'none', 'cifar10', or a (mean, std) pair of per-channel "
+                             "sequences.")
+        normalization = None if normalization == "none" else normalization
     return _BUILDERS[name](num_classes=num_classes, input_shape=tuple(input_shape),
                            normalization=normalization, **kwargs)
 
 
-__all__ = ["ARCHITECTURES", "ChannelNormalization", "build", "preact_resnet18",
+__all__ = ["ARCHITECTURES", "NORMALIZATIONS", "ChannelNormalization", "build", "preact_resnet18",
            "small_cnn", "wide_resnet"]

@@ -131,7 +131,7 @@ def export_saved_model(model, export_base, *, metadata=None, version=None, overw
 
 
 def _evaluation(model_dir, checkpoint, eval_json):
-    path = eval_json or os.path.join(model_dir, f"eval_{checkpoint}.json")
+    path = eval_json or checkpoints.eval_result_path(model_dir, checkpoint)
     if not tf.io.gfile.exists(path):
         if eval_json:
             raise ExportError(f"--eval_json={eval_json!r}: no such file.")
