@@ -11,6 +11,7 @@ import pytest
 from dac_tf.benchmark import BenchConfig
 from dac_tf.benchmark import flops
 from dac_tf.benchmark import kernels
+from dac_tf.benchmark import rows as rows_lib
 from dac_tf.benchmark import run_benchmark
 from dac_tf.benchmark import runners
 from dac_tf.benchmark.config import REQUIRED_KEYS
@@ -62,7 +63,7 @@ def test_kernels_row_gives_each_row_its_fraction_of_the_measured_rate():
     assert kernel_row["kernel_gflop_per_s"] > 0
     for row in (train, evaluation):
         assert row["error"] is None and row["measured_gflop_per_s"] > 0
-        passes = kernels.passes_of_row(row)
+        passes = rows_lib.row_passes(row)
         # The row's FLOPs are the kernels' FLOPs summed as the step runs them.
         assert row["gflop_per_image"] * 8 == pytest.approx(
             kernels.step_gflop(kernel_row["kernels"], passes))

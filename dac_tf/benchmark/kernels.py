@@ -31,7 +31,6 @@ import math
 
 import tensorflow as tf
 
-from dac_tf.benchmark import flops as flops_lib
 from dac_tf.benchmark import timing
 
 OPS = ("forward", "input_grad", "weight_grad")
@@ -235,9 +234,3 @@ def summary(entries):
     out["kernel_gflop_per_s"] = (sum(w for w, _ in totals.values())
                                  / sum(s for _, s in totals.values()))
     return out
-
-
-def passes_of_row(row):
-    """The `flops.StepPasses` of a train or eval row of the benchmark."""
-    return flops_lib.step_passes(row["method"], bool(row["use_dac"]), row["num_steps"],
-                                 row["kind"], bool(row.get("reference_bn_updates")))

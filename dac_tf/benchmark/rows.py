@@ -113,6 +113,12 @@ def _ratio(row, base):
     return row["step_ms_median"] / base["step_ms_median"]
 
 
+def row_passes(row):
+    """The `flops.StepPasses` of a train or eval row."""
+    return flops.step_passes(row["method"], bool(row["use_dac"]), row["num_steps"],
+                             row["kind"], bool(row.get("reference_bn_updates")))
+
+
 def add_rates(rows):
     """Adds to each train and eval row `achieved_gflop_per_s` (its FLOPs per image x
     images/s) and, when a kernels row of the same (arch, batch, mode) succeeded,
@@ -131,7 +137,7 @@ def add_rates(rows):
         entries = measured.get((row["arch"], row["batch_size"], row["mode"]))
         rate = None
         if entries:
-            passes = kernels.passes_of_row(row)
+            passes = row_passes(row)
             rate = row["gflop_per_image"] * row["batch_size"] / kernels.ideal_step_seconds(
                 entries, passes)
         row["measured_gflop_per_s"] = rate
