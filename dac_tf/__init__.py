@@ -70,11 +70,11 @@ from dac_tf.model import DACModel  # noqa: E402
 __version__ = "0.1.0"
 
 # Public modules loaded on first use (PEP 562): what they import (Keras callbacks and
-# tf.data for `callbacks`, CleverHans for `evaluation.attacks`, matplotlib for `report`)
+# tf.data for `callbacks`, CleverHans for `evaluation.attacks`, matplotlib for `plots`)
 # is paid only by who uses them.
-_LAZY_MODULES = ("autoattack", "batching", "callbacks", "checkpoints", "cli", "cluster",
-                 "config", "data", "errors", "evaluation", "fileio", "protocol", "rundir",
-                 "seeds", "serving", "torch_bridge")
+_LAZY_MODULES = ("autoattack", "batching", "benchmark", "callbacks", "checkpoints", "cli",
+                 "cluster", "config", "data", "errors", "evaluation", "fileio", "plots",
+                 "protocol", "rundir", "seeds", "serving", "torch_bridge")
 
 
 def __getattr__(name):

@@ -1,519 +1,54 @@
-r"""Figures of a training run: `python -m dac_tf.report --model_dir=RUN [--model_dir=RUN2]`.
-
-Reproduces the paper's motivation figures from what a run leaves in its `model_dir`
-(layout: `dac_tf/checkpoints.py`):
-
-* `robust_overfitting.png`: train vs test (and validation) robust accuracy over epochs,
-  clean test accuracy as a lighter line, the selected ("best") epoch marked; one panel
-  per run. Reads `metrics.csv` only.
-* `adversarial_certainty.png`: AC over epochs on training (solid) and test (dashed)
-  adversarial inputs, all runs overlaid (AT vs AT+DAC: DAC keeps AC lower). Reads
-  `metrics.csv` only.
-* `heatmaps_<run>.png` (+ `heatmaps_<run>.json` with the numbers): the model's mean
-  softmax output on PGD adversarial inputs per true class, for the train and test split
-  and the best and last checkpoints, under the run's selection attack (the attack of
-  its robust accuracy curve). Needs `config.json`, the checkpoints and the data; the
-  numbers come from the evaluation library (`dac_tf.evaluation.heatmaps`), this module
-  only draws them.
+r"""Figures of training runs: `python -m dac_tf.report --model_dir=RUN [--model_dir=RUN2]`.
 
     python -m dac_tf.report --model_dir=runs/cifar10_preact_resnet18_at \
         --model_dir=runs/cifar10_preact_resnet18_at_dac --output_dir=plots/at_vs_dac
 
-The training CLI calls `make_report([model_dir])` when it finishes, so a run's figures
-land in `model_dir/plots/` without a second command.
-
-Figures are drawn on `matplotlib.figure.Figure` objects with the Agg canvas, never
-through `pyplot`: importing this module does not change the caller's matplotlib backend
-and works without a display. Every file goes through `tf.io.gfile` (PNGs are rendered in
-memory and written atomically), so a run directory may live on `gs://`.
+draws the paper's motivation figures (robust overfitting, adversarial certainty over
+epochs, the adversarial softmax heatmaps) from what the runs left in their directories
+and prints the paths of the files written. The figures and what each reads are the
+library's: `dac_tf.plots.make_report`, which the training program also calls when a run
+finishes. The flags are the fields of `ReportConfig`.
 """
 
 import dataclasses
-import io
-import math
-import os
-import re
 
 from absl import flags
 from absl import logging
-from matplotlib import ticker
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-import numpy as np
-import tensorflow as tf
 
-from dac_tf import checkpoints
 from dac_tf import cli
-from dac_tf import errors
-from dac_tf import fileio
-from dac_tf import rundir
-from dac_tf.evaluation import EvaluationError
-from dac_tf.evaluation import heatmaps as heatmap_lib
+from dac_tf import flagdefs
+from dac_tf.flagdefs import flag
+# The library call of this program; `dac_tf.report.make_report` stays importable.
+from dac_tf.plots import ReportError
+from dac_tf.plots import make_report
+
+PROGRAM = "dac_tf.report"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportConfig:
+    """The report's flags (one field each); `make_report`'s arguments."""
+
+    model_dir: tuple[str, ...] | None = flag(
+        None, "A run directory written by dac_tf.train; repeat the flag to compare runs.",
+        repeat=True)
+    output_dir: str | None = flag(
+        None, "Where to write the figures (default: the first --model_dir's plots/).")
+    heatmaps: bool = flag(True, "Draw the adversarial softmax heatmaps (loads the "
+                          "checkpoints and the data, runs PGD).")
+    heatmap_examples: int = flag(1000, "Examples of each split attacked for the heatmaps.")
+    label: tuple[str, ...] | None = flag(
+        None, "Run labels for legends, one per --model_dir (default: AT, AT+DAC, ... from "
+        "config.json).", repeat=True)
 
-METRICS_FILE = rundir.METRICS_FILE
-PLOTS_DIR = "plots"
-ROBUST_OVERFITTING_FILE = "robust_overfitting.png"
-ADVERSARIAL_CERTAINTY_FILE = "adversarial_certainty.png"
-HEATMAP_SPLITS = heatmap_lib.SPLITS
 
-
-DPI = 120
-# Beyond this many classes the per-cell numbers are unreadable; beyond the second limit
-# the class-name ticks are too.
-_ANNOTATE_MAX_CLASSES = 10
-_TICK_LABEL_MAX_CLASSES = 20
-# Markers make a curve of a handful of epochs (a smoke run) visible at all.
-_MARKER_MAX_EPOCHS = 25
-
-
-class ReportError(errors.UserError):
-    """A model_dir that cannot be reported on (the message says why, in one line)."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Run:
-    """One training run as the report sees it.
-
-    Attributes:
-      model_dir: the run directory.
-      name: file-name-safe short name (the directory's base name).
-      label: legend / title label (e.g. "AT+DAC").
-      config: the run's config.json as a dict, or None if it has none.
-      metrics: column name -> float64 array over epochs (NaN where the CSV is empty),
-        rows sorted by epoch.
-    """
-
-    model_dir: str
-    name: str
-    label: str
-    config: dict | None
-    metrics: dict
-
-
-# ------------------------------------------------------------------ metrics.csv
-def read_metrics(model_dir):
-    """Reads a run's metrics.csv into float arrays (`rundir.read_metrics`).
-
-    Args:
-      model_dir: the run directory.
-
-    Returns:
-      dict column -> float64 numpy array, one entry per epoch sorted by epoch; every
-      name of `rundir.METRIC_COLUMNS` is present (all-NaN when the file lacks the
-      column, so a file from an older version still plots what it has), and empty cells
-      (val_* without a validation split, train_ac_loss without DAC) are NaN.
-
-    Raises:
-      ReportError: no metrics.csv, an empty one, no epoch column, or a cell that is
-        not a number.
-    """
-    path = os.path.join(model_dir, METRICS_FILE)
-    if not tf.io.gfile.isdir(model_dir):
-        raise ReportError(f"--model_dir={model_dir!r} does not exist.")
-    if not tf.io.gfile.exists(path):
-        raise ReportError(
-            f"{model_dir!r} has no {METRICS_FILE} (expected a --model_dir written by "
-            "`python -m dac_tf.train` that finished at least one epoch).")
-    try:
-        if not fileio.read_text(path).strip():
-            raise ReportError(f"{path} is empty (no header, no epochs).")
-        rows = rundir.read_metrics(model_dir)
-    except rundir.RunDirError as e:
-        raise ReportError(str(e)) from None
-    if not rows:
-        raise ReportError(f"{path} has a header but no epochs yet.")
-    return rundir.metrics_arrays(rows)
-
-
-def selection_key(metrics):
-    """The column the training CLI selects the best checkpoint by.
-
-    Returns:
-      "val_robust_accuracy" when the run has a validation split (any value in that
-      column), else "test_robust_accuracy".
-    """
-    return rundir.selection_key(np.isfinite(metrics["val_robust_accuracy"]).any())
-
-
-def best_epoch(metrics):
-    """The epoch of the best selection accuracy, by the training loop's rule
-    (`rundir.best_epoch`: the first strict maximum).
-
-    Args:
-      metrics: the output of `read_metrics`.
-
-    Returns:
-      (epoch as int or None if the selection column is all empty, the selection key).
-    """
-    key = selection_key(metrics)
-    rows = [{"epoch": int(e), key: float(v)} for e, v in zip(metrics["epoch"], metrics[key])]
-    epoch, _ = rundir.best_epoch(rows, key)
-    return (epoch or None), key
-
-
-# ------------------------------------------------------------------------- runs
-def _safe_name(model_dir):
-    name = os.path.basename(os.path.normpath(os.path.abspath(model_dir)))
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "run"
-
-
-def method_label(config):
-    """A short label from a run config: "AT", "AT+DAC", "TRADES+DAC", ... (None if the
-    config does not say which method)."""
-    if not config or not config.get("method"):
-        return None
-    label = str(config["method"]).upper()
-    return label + "+DAC" if config.get("use_dac") else label
-
-
-def load_runs(model_dirs, labels=None):
-    """Reads the metrics and configs of several runs and gives each a distinct label.
-
-    Args:
-      model_dirs: run directories.
-      labels: optional labels, one per run; default: the method from config.json
-        ("AT", "AT+DAC"), or the directory name when there is no config; labels that
-        would collide get the directory name appended.
-
-    Returns:
-      list of `Run`.
-
-    Raises:
-      ReportError: no runs, a bad model_dir, or a wrong number of labels.
-    """
-    model_dirs = list(model_dirs)
-    if not model_dirs:
-        raise ReportError("no --model_dir given.")
-    if labels is not None and len(labels) != len(model_dirs):
-        raise ReportError(f"got {len(labels)} labels for {len(model_dirs)} runs; give one "
-                          "--label per --model_dir, or none.")
-    base_names = [_safe_name(d) for d in model_dirs]
-    # Runs named alike (runs/a/seed0, runs/b/seed0) would overwrite each other's heatmaps.
-    names = [f"{name}_{base_names[:i].count(name) + 1}" if base_names.count(name) > 1
-             else name for i, name in enumerate(base_names)]
-    configs = []
-    for model_dir in model_dirs:
-        try:
-            configs.append(checkpoints.load_run_config(model_dir)
-                           if tf.io.gfile.exists(checkpoints.config_path(model_dir)) else None)
-        except checkpoints.CheckpointError as e:
-            raise ReportError(str(e)) from None
-    metrics = [read_metrics(d) for d in model_dirs]
-    if labels is None:
-        labels = [method_label(c) or name for c, name in zip(configs, names)]
-        labels = [f"{label} ({name})" if labels.count(label) > 1 and label != name else label
-                  for label, name in zip(labels, names)]
-    return [Run(model_dir=d, name=n, label=str(label), config=c, metrics=m)
-            for d, n, label, c, m in zip(model_dirs, names, labels, configs, metrics)]
-
-
-# ---------------------------------------------------------------------- figures
-def _new_figure(width, height, layout="tight"):
-    fig = Figure(figsize=(width, height), dpi=DPI, layout=layout)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig, path):
-    # Rendered in memory and written with an atomic rename (any gfile filesystem), so a
-    # reader never sees half a PNG.
-    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=DPI, format="png")
-    fileio.write_atomic(path, buffer.getvalue())
-    return path
-
-
-def _style_epoch_axis(ax, num_epochs):
-    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.grid(True, alpha=0.3)
-    if num_epochs == 1:
-        ax.set_xlim(0.5, 1.5)
-
-
-def _line(ax, epochs, values, **kwargs):
-    finite = np.isfinite(values)
-    if not finite.any():
-        return None
-    if finite.sum() <= _MARKER_MAX_EPOCHS:
-        kwargs.setdefault("marker", "o")
-        kwargs.setdefault("markersize", 3)
-    (line,) = ax.plot(epochs[finite], values[finite], **kwargs)
-    return line
-
-
-def plot_robust_overfitting(runs, path):
-    """Draws train vs test robust accuracy over epochs, one panel per run.
-
-    Args:
-      runs: list of `Run`.
-      path: the PNG to write.
-
-    Returns:
-      `path`.
-    """
-    cols = min(len(runs), 3)
-    rows = math.ceil(len(runs) / cols)
-    fig = _new_figure(5.6 * cols, 4.2 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
-    for ax, run in zip(axes.ravel(), runs):
-        m = run.metrics
-        epochs = m["epoch"]
-        _line(ax, epochs, m["train_adv_accuracy"], color="tab:blue", lw=1.8,
-              label="train robust")
-        _line(ax, epochs, m["test_robust_accuracy"], color="tab:red", lw=1.8,
-              label="test robust")
-        _line(ax, epochs, m["val_robust_accuracy"], color="tab:orange", lw=1.5, ls="--",
-              label="val robust")
-        _line(ax, epochs, m["test_clean_accuracy"], color="tab:red", lw=1.2, alpha=0.35,
-              label="test clean")
-        best, key = best_epoch(m)
-        if best is not None:
-            i = int(np.flatnonzero(epochs == best)[0])
-            split = key.split("_")[0]
-            ax.axvline(best, color="0.4", ls=":", lw=1.2)
-            ax.plot([best], [m[key][i]], marker="*", markersize=13, color="gold",
-                    markeredgecolor="black", ls="none",
-                    label=f"best epoch {best} ({split} robust {m[key][i]:.1%})")
-            # In the title, not over the curves: they fill the whole plot in some runs.
-            gap = _gap_text(m, i)
-        else:
-            gap = ""
-        ax.set_title(f"{run.label}: robust overfitting" + (f"\n{gap}" if gap else ""),
-                     fontsize=10)
-        ax.set_ylabel("accuracy")
-        ax.yaxis.set_major_formatter(ticker.PercentFormatter(1.0))
-        _style_epoch_axis(ax, len(epochs))
-        ax.legend(loc="best", fontsize=8, framealpha=0.85)
-    for ax in axes.ravel()[len(runs):]:
-        ax.set_visible(False)
-    return _save(fig, path)
-
-
-def _gap_text(m, best_index):
-    """Test robust accuracy at the best and the last epoch: the paper's best-vs-last gap."""
-    test = m["test_robust_accuracy"]
-    finite = np.flatnonzero(np.isfinite(test))
-    if not np.isfinite(test[best_index]) or not finite.size:
-        return ""
-    last = finite[-1]
-    return (f"test robust: best {test[best_index]:.1%} (epoch {int(m['epoch'][best_index])}), "
-            f"last {test[last]:.1%} (epoch {int(m['epoch'][last])})")
-
-
-def _ac_axis_label(runs):
-    measures = {(r.config or {}).get("ac_measure", "std") for r in runs}
-    if measures == {"std"}:
-        return "adversarial certainty (std of logits)"
-    if measures == {"var"}:
-        return "adversarial certainty (variance of logits)"
-    return "adversarial certainty"
-
-
-def plot_adversarial_certainty(runs, path):
-    """Draws AC over epochs, train (solid) and test (dashed), all runs on one axes.
-
-    Args:
-      runs: list of `Run`.
-      path: the PNG to write.
-
-    Returns:
-      `path`.
-    """
-    fig = _new_figure(7.0, 4.6)
-    ax = fig.subplots()
-    colors = [f"C{i % 10}" for i in range(len(runs))]
-    for run, color in zip(runs, colors):
-        m = run.metrics
-        _line(ax, m["epoch"], m["train_ac"], color=color, lw=1.8,
-              label=f"{run.label}: train")
-        _line(ax, m["epoch"], m["test_ac"], color=color, lw=1.5, ls="--",
-              label=f"{run.label}: test")
-    ax.set_title("Adversarial certainty on PGD adversarial inputs")
-    ax.set_ylabel(_ac_axis_label(runs))
-    _style_epoch_axis(ax, max(len(r.metrics["epoch"]) for r in runs))
-    if ax.get_lines():
-        ax.legend(fontsize=8, framealpha=0.85)
-    else:
-        ax.text(0.5, 0.5, "no AC values in metrics.csv", transform=ax.transAxes,
-                ha="center", va="center", color="0.4")
-    return _save(fig, path)
-
-
-# --------------------------------------------------------------------- heatmaps
-def plot_heatmaps(heatmaps, path, title=None):
-    """Draws the 2x2 grid (train/test x best/last) of mean-softmax matrices.
-
-    When the best checkpoint is the last one (the same epoch), its matrices are drawn
-    once, in one column titled "best = last model", instead of two identical columns.
-
-    Args:
-      heatmaps: the output of `dac_tf.evaluation.heatmaps.compute_heatmaps`.
-      path: the PNG to write.
-      title: figure title; default from the label and the attack.
-
-    Returns:
-      `path`.
-    """
-    names = heatmaps["class_names"]
-    num_classes = len(names)
-    annotate = num_classes <= _ANNOTATE_MAX_CLASSES
-    side = 4.3 if num_classes <= _ANNOTATE_MAX_CLASSES else 5.0
-    epochs = heatmaps["epochs"]
-    same = (epochs.get("best") is not None and epochs.get("best") == epochs.get("last")
-            and all(heatmaps["matrices"][s]["best"] == heatmaps["matrices"][s]["last"]
-                    for s in HEATMAP_SPLITS))
-    columns = [("best", "best = last")] if same else [
-        (which, which) for which in checkpoints.CHECKPOINTS]
-    # Constrained layout: tight_layout cannot place one colorbar shared by four axes.
-    fig = _new_figure(len(columns) * side + 1.3, 2 * side + 1.5, layout="constrained")
-    fig.get_layout_engine().set(h_pad=0.12, w_pad=0.08)
-    axes = fig.subplots(2, len(columns), squeeze=False)
-    image = None
-    for r, split in enumerate(HEATMAP_SPLITS):
-        for c, (which, shown) in enumerate(columns):
-            ax = axes[r, c]
-            rows = heatmaps["matrices"][split][which]
-            epoch = epochs.get(which)
-            head = f"{split}, {shown} model" + (f" (epoch {epoch})" if epoch else "")
-            if rows is None:
-                ax.set_title(head, fontsize=10)
-                ax.text(0.5, 0.5, f"no {which} checkpoint", ha="center", va="center",
-                        transform=ax.transAxes, color="0.4")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                continue
-            matrix = np.array([[np.nan if v is None else v for v in row] for row in rows])
-            image = ax.imshow(matrix, vmin=0.0, vmax=1.0, cmap="viridis",
-                              interpolation="nearest")
-            p_true = heatmaps["mean_true_class_probability"][split][which]
-            ax.set_title(head + (f"\nmean p(true class) = {p_true:.2f}"
-                                 if p_true is not None else ""), fontsize=10)
-            _label_matrix_axes(ax, names)
-            if annotate:
-                _annotate_cells(ax, matrix)
-    if image is not None:
-        colorbar = fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
-        colorbar.set_label("mean softmax probability")
-    if title is None:
-        a = heatmaps["attack"]
-        budget = (f"eps={a['epsilon'] * 255:.3g}/255, step={a['step_size'] * 255:.3g}/255"
-                  if a["norm"] == "linf" else f"eps={a['epsilon']:.3g}, step={a['step_size']:.3g}")
-        n = heatmaps["examples"]
-        title = (f"{heatmaps['label']}: mean softmax on PGD-{a['num_steps']} ({a['norm']}, "
-                 f"{budget}) adversarial inputs\nfirst {n.get('train', 0)} train / "
-                 f"{n.get('test', 0)} test examples")
-    fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
-
-
-def _label_matrix_axes(ax, names):
-    num_classes = len(names)
-    ax.set_xlabel("predicted label")
-    ax.set_ylabel("true label")
-    if num_classes <= _TICK_LABEL_MAX_CLASSES:
-        ticks = np.arange(num_classes)
-        ax.set_xticks(ticks)
-        ax.set_yticks(ticks)
-        long_names = max(len(n) for n in names) > 2
-        ax.set_xticklabels(names, rotation=45 if long_names else 0,
-                           ha="right" if long_names else "center", fontsize=8)
-        ax.set_yticklabels(names, fontsize=8)
-    else:
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(ticker.MaxNLocator(integer=True))
-
-
-def _annotate_cells(ax, matrix):
-    for (i, j), value in np.ndenumerate(matrix):
-        if not np.isfinite(value):
-            continue
-        # viridis is dark below ~0.6: white text there, black on the light end.
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6.5,
-                color="white" if value < 0.6 else "black")
-
-
-# ------------------------------------------------------------------------ report
-def make_report(model_dirs, output_dir=None, heatmaps=True, heatmap_examples=1000,
-                labels=None):
-    """Writes the report's figures for one or several runs.
-
-    Args:
-      model_dirs: run directories (each with a metrics.csv); a single string is taken as
-        one run.
-      output_dir: where the figures go; default `model_dirs[0]/plots`.
-      heatmaps: also draw the per-run adversarial softmax heatmaps (needs config.json,
-        the checkpoints and the dataset; a run without them is skipped with a warning).
-      heatmap_examples: examples of each split attacked for the heatmaps.
-      labels: optional run labels for legends and titles, one per run.
-
-    Returns:
-      list of the PNG paths written (the heatmap numbers go to a .json beside each
-      heatmap PNG).
-
-    Raises:
-      ReportError: a model_dir without a readable, non-empty metrics.csv, bad labels or
-        a non-positive heatmap_examples.
-    """
-    if isinstance(model_dirs, (str, os.PathLike)):
-        model_dirs = [model_dirs]
-    model_dirs = [os.fspath(d) for d in model_dirs]
-    if heatmaps and (isinstance(heatmap_examples, bool) or int(heatmap_examples) <= 0):
-        raise ReportError(f"--heatmap_examples must be a positive integer, got "
-                          f"{heatmap_examples!r}.")
-    runs = load_runs(model_dirs, labels)
-    if output_dir is None:
-        output_dir = os.path.join(model_dirs[0], PLOTS_DIR)
-    if tf.io.gfile.exists(output_dir) and not tf.io.gfile.isdir(output_dir):
-        raise ReportError(f"--output_dir={output_dir} is a file; give a folder for the "
-                          "figures.")
-    try:
-        tf.io.gfile.makedirs(output_dir)
-    except (OSError, tf.errors.OpError) as e:
-        raise ReportError(f"--output_dir={output_dir} cannot be created: "
-                          f"{fileio.first_line(e)}.") from None
-    written = [
-        plot_robust_overfitting(runs, os.path.join(output_dir, ROBUST_OVERFITTING_FILE)),
-        plot_adversarial_certainty(runs, os.path.join(output_dir, ADVERSARIAL_CERTAINTY_FILE)),
-    ]
-    if heatmaps:
-        for run in runs:
-            try:
-                result = heatmap_lib.compute_heatmaps(
-                    run.model_dir, run.config, label=run.label,
-                    num_examples=int(heatmap_examples))
-            except EvaluationError as e:
-                logging.warning("No heatmaps for %s: %s", run.model_dir, e)
-                continue
-            fileio.write_json_atomic(
-                os.path.join(output_dir, f"heatmaps_{run.name}.json"), result)
-            written.append(plot_heatmaps(
-                result, os.path.join(output_dir, f"heatmaps_{run.name}.png")))
-    return written
-
-
-# --------------------------------------------------------------------------- CLI
 def define_flags(flag_values=flags.FLAGS):
-    """Defines the report's flags on `flag_values` (idempotent).
+    """Defines the report's flags (the fields of `ReportConfig`) on `flag_values`.
 
     Called only when this module is the program (or by a test with its own
-    `FlagValues`): the training CLI imports this module and owns --model_dir.
+    `FlagValues`): the training program imports `make_report` and owns --model_dir.
     """
-    if "heatmap_examples" in flag_values:
-        return
-    f = dict(flag_values=flag_values)
-    flags.DEFINE_multi_string("model_dir", None, "A run directory written by "
-                              "dac_tf.train; repeat the flag to compare runs.", **f)
-    flags.DEFINE_string("output_dir", None, "Where to write the figures (default: the "
-                        "first --model_dir's plots/).", **f)
-    flags.DEFINE_boolean("heatmaps", True, "Draw the adversarial softmax heatmaps (loads "
-                         "the checkpoints and the data, runs PGD).", **f)
-    flags.DEFINE_integer("heatmap_examples", 1000, "Examples of each split attacked for "
-                         "the heatmaps.", **f)
-    flags.DEFINE_multi_string("label", None, "Run labels for legends, one per "
-                              "--model_dir (default: AT, AT+DAC, ... from config.json).",
-                              **f)
+    flagdefs.define_flags(ReportConfig, flag_values, program=PROGRAM)
 
 
 @cli.guard("figures already written stay; run the same command again for the rest.")
@@ -524,11 +59,12 @@ def main(argv, flag_values=None):
                           "--name=value).")
     if "verbosity" in flag_values and not flag_values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    f = flag_values
-    if not f.model_dir:
+    config = ReportConfig(**flagdefs.read_flags(ReportConfig, flag_values))
+    if not config.model_dir:
         raise ReportError("give at least one --model_dir=RUN_DIR.")
-    paths = make_report(f.model_dir, output_dir=f.output_dir, heatmaps=f.heatmaps,
-                        heatmap_examples=f.heatmap_examples, labels=f.label)
+    paths = make_report(config.model_dir, output_dir=config.output_dir,
+                        heatmaps=config.heatmaps, heatmap_examples=config.heatmap_examples,
+                        labels=None if config.label is None else list(config.label))
     for path in paths:
         print(path)
 
