@@ -74,7 +74,7 @@ __version__ = "0.1.0"
 # is paid only by who uses them.
 _LAZY_MODULES = ("autoattack", "batching", "benchmark", "callbacks", "checkpoints", "cli",
                  "cluster", "config", "data", "errors", "evaluation", "fileio", "plots",
-                 "protocol", "rundir", "seeds", "serving", "torch_bridge")
+                 "protocol", "rundir", "seeds", "serving", "torch_bridge", "training")
 
 
 def __getattr__(name):

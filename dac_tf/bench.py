@@ -27,13 +27,11 @@ import os
 import sys
 
 from absl import flags
-from absl import logging
 import tensorflow as tf
 
 from dac_tf import cli
 from dac_tf import flagdefs
 from dac_tf.benchmark import BenchConfig
-from dac_tf.benchmark import BenchError
 from dac_tf.benchmark import run_benchmark
 
 PROGRAM = "dac_tf.bench"
@@ -45,20 +43,16 @@ def define_flags(flag_values=flags.FLAGS):
 
 
 def config_from_flags(flag_values):
-    """A `BenchConfig` from parsed flags (raises a UserError for bad values)."""
-    return BenchConfig(**flagdefs.read_flags(BenchConfig, flag_values))
-
-
-@cli.guard("the rows measured so far are in --output (if given); run again for the rest.")
-def main(argv, flag_values=None):
-    """`python -m dac_tf.bench`: times the rows, writes the JSON, prints the tables."""
-    if len(argv) > 1:
-        raise BenchError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
-                         "--name=value).")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    config = config_from_flags(flag_values)
+    """A `BenchConfig` from parsed flags, validated (raises a UserError for bad values)."""
+    config = flagdefs.read_config(BenchConfig, flag_values)
     config.validate()
+    return config
+
+
+@cli.program(config_from_flags,
+             "the rows measured so far are in --output (if given); run again for the rest.")
+def main(config):
+    """`python -m dac_tf.bench`: times the rows, writes the JSON, prints the tables."""
     if config.output:
         tf.io.gfile.makedirs(os.path.dirname(os.path.abspath(config.output)))
     rows = run_benchmark(config)

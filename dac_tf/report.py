@@ -13,7 +13,6 @@ finishes. The flags are the fields of `ReportConfig`.
 import dataclasses
 
 from absl import flags
-from absl import logging
 
 from dac_tf import cli
 from dac_tf import flagdefs
@@ -51,17 +50,18 @@ def define_flags(flag_values=flags.FLAGS):
     flagdefs.define_flags(ReportConfig, flag_values, program=PROGRAM)
 
 
-@cli.guard("figures already written stay; run the same command again for the rest.")
-def main(argv, flag_values=None):
-    """`python -m dac_tf.report`: prints the paths of the figures written."""
-    if len(argv) > 1:
-        raise ReportError(f"unexpected arguments: {' '.join(argv[1:])} (flags are written "
-                          "--name=value).")
-    if "verbosity" in flag_values and not flag_values["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
-    config = ReportConfig(**flagdefs.read_flags(ReportConfig, flag_values))
+def config_from_flags(flag_values):
+    """A `ReportConfig` from parsed flags (raises ReportError without a --model_dir)."""
+    config = flagdefs.read_config(ReportConfig, flag_values)
     if not config.model_dir:
         raise ReportError("give at least one --model_dir=RUN_DIR.")
+    return config
+
+
+@cli.program(config_from_flags,
+             "figures already written stay; run the same command again for the rest.")
+def main(config):
+    """`python -m dac_tf.report`: prints the paths of the figures written."""
     paths = make_report(config.model_dir, output_dir=config.output_dir,
                         heatmaps=config.heatmaps, heatmap_examples=config.heatmap_examples,
                         labels=None if config.label is None else list(config.label))

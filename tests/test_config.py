@@ -22,9 +22,12 @@ import clitools
 from dac_tf import config as config_lib
 from dac_tf import evaluate
 from dac_tf import export
+from dac_tf import bench
+from dac_tf import benchmark
 from dac_tf import flagdefs
 from dac_tf import models
 from dac_tf import objectives
+from dac_tf import report
 from dac_tf import train
 from dac_tf.evaluation import suite
 
@@ -33,6 +36,8 @@ PROGRAMS = {
     "train": (train, config_lib.TrainConfig),
     "evaluate": (evaluate, suite.EvalConfig),
     "export": (export, export.ExportConfig),
+    "bench": (bench, benchmark.BenchConfig),
+    "report": (report, report.ReportConfig),
 }
 _FOREIGN = ("absl", "tensorflow", "keras", "tf_", "tensorboard")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

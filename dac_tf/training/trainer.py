@@ -211,8 +211,8 @@ def _run(config, splits, resumed_state, chief, strategy):
 
 def _report(model_dir):
     try:
-        from dac_tf import report  # imported late: matplotlib is only needed here
-        return report.make_report([model_dir])
+        from dac_tf import plots  # imported late: matplotlib is only needed here
+        return plots.make_report([model_dir])
     except Exception as e:  # plots must never cost a finished run
         logging.warning("Could not write the plots: %s", e)
         return []
