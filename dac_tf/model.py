@@ -47,6 +47,13 @@ _REQUIRES = ("a dac_tf.DACModel: run `import dac_tf` before keras.saving.load_mo
              "its base model saved alone (model.base_model.save) loads with Keras only")
 
 
+# The direction of each value `DACModel` logs, for Keras' monitor callbacks
+# (`ModelCheckpoint`, `EarlyStopping`, `ReduceLROnPlateau`): Keras 3 infers
+# `mode="auto"` only for "loss", so `fit` refuses "auto" on the others at its start.
+MONITOR_MODES = {"loss": "min", "ac_loss": "min", "adv_certainty": "min",
+                 "adv_accuracy": "max", "accuracy": "max", "clean_accuracy": "max"}
+
+
 @keras.saving.register_keras_serializable(package="dac_tf")
 class DACModel(keras.Model):
     """Adversarial training with the DAC step, for use with `compile` / `fit`.
@@ -406,8 +413,16 @@ class DACModel(keras.Model):
         from dac_tf import callbacks as callbacks_lib  # noqa: PLC0415 (imports this module)
         if len(args) > 5:   # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
             args = args[:5] + (callbacks_lib.ordered(args[5]),) + args[6:]
-        elif kwargs.get("callbacks") is not None:
-            kwargs["callbacks"] = callbacks_lib.ordered(kwargs["callbacks"])
+            callbacks = args[5]
+        else:
+            callbacks = kwargs.get("callbacks")
+            if callbacks is not None:
+                kwargs["callbacks"] = callbacks = callbacks_lib.ordered(callbacks)
+        if callbacks is not None:
+            callbacks_lib.check_monitor_modes(
+                getattr(callbacks, "callbacks", callbacks),
+                {f"{prefix}{key}": mode for key, mode in MONITOR_MODES.items()
+                 for prefix in ("", "val_") if key != "loss"})
         return super().fit(*args, **kwargs)
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None):

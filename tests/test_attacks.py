@@ -174,6 +174,7 @@ def test_kl_divergence_closed_form():
     np.testing.assert_allclose(got, [expected], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_pgd_at_least_as_strong_as_fgsm_on_a_trained_model():
     from sklearn.datasets import load_digits
     digits = load_digits()

@@ -111,6 +111,7 @@ def test_fit_rejects_bad_batches_clearly(images, labels, error, match):
         small_dac().fit(images, labels, batch_size=4, verbose=0)
 
 
+@pytest.mark.slow
 def test_failing_commands_leave_an_existing_run_untouched(tmp_path):
     model_dir = tmp_path / "run"
     assert run_cli(tiny_flags(model_dir, epochs=1, eval_examples=32)).returncode == 0

@@ -13,6 +13,7 @@ TINY = dict(arch=("small_cnn",), method=("at",), batch_size=(8,), steps=2, runs=
             warmup=1, modes=("fp32",))
 
 
+@pytest.mark.slow
 def test_eval_rows_time_the_cleverhans_pgd_that_evaluate_runs(monkeypatch):
     """The eval row used to time the training PGD (`dac_tf.attacks`); `evaluate` runs
     CleverHans' (`dac_tf.evaluation.attacks`). One timed batch must compute exactly

@@ -86,6 +86,27 @@ def test_in_a_users_fit_the_logs_carry_the_robust_values_every_epoch():
         assert history.history["val_robust_accuracy"][epoch] == pytest.approx(robust)
 
 
+@pytest.mark.parametrize("prefix, key, mode", [("val", "robust_accuracy", "max"),
+                                               ("val", "clean_accuracy", "max"),
+                                               ("test", "adv_certainty", "min")])
+def test_ordered_refuses_auto_mode_on_its_keys_and_keeps_explicit_modes(prefix, key, mode):
+    """A plain keras.Model: `ordered` refuses a monitor callback in "auto" mode on a
+    RobustValidation key (Keras would raise after the first epoch), whatever the
+    prefix, and accepts the same callback with the mode given or on Keras' own keys."""
+    x, y = examples(8)
+    check = validation(x, y, prefix=prefix)
+    monitor = f"{prefix}_{key}"
+    for refused in (keras.callbacks.EarlyStopping(monitor=monitor),
+                    keras.callbacks.ReduceLROnPlateau(monitor=monitor)):
+        with pytest.raises(callbacks.RobustValidationError,
+                           match=rf"\(monitor='{monitor}'\) needs mode='{mode}'"):
+            callbacks.ordered([refused, check])
+    kept = [keras.callbacks.EarlyStopping(monitor=monitor, mode=mode),
+            keras.callbacks.EarlyStopping(monitor="val_loss"),
+            keras.callbacks.EarlyStopping(monitor=f"other_{key}")]   # no such validation
+    assert callbacks.ordered([*kept, check]) == [check, *kept]
+
+
 def test_random_starts_are_seeded_by_seed_epoch_and_batch_through_seeds_fold():
     """`seeds.fold` of the stream key [seed, stream] with (epoch, batch), Philox: the
     one derivation of dac_tf's streams; nothing else (what ran before) moves it."""

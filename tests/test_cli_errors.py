@@ -108,6 +108,7 @@ def test_tf_config_resolution():
     assert cluster.parse_tf_config(json.dumps(spec)).is_chief   # worker 0 without chief
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["metrics", "checkpoint"])
 def test_a_full_disk_during_training_is_one_line_and_leaves_no_run(tmp_path, monkeypatch,
                                                                     where):
@@ -159,6 +160,7 @@ def test_bad_export_targets_are_one_line(case, tmp_path, finished_run):
     assert not (tmp_path / "export").exists()
 
 
+@pytest.mark.slow
 def test_an_export_killed_mid_write_leaves_nothing_after_the_next_one(tmp_path,
                                                                       finished_run):
     """A kill leaves a hidden work folder (here: a dead pid's); the next export removes
@@ -192,6 +194,7 @@ def test_evaluate_of_a_missing_model_is_one_line(tmp_path):
     assert_one_line(result, "no such directory")
 
 
+@pytest.mark.slow
 def test_the_entry_point_prints_the_error_line_and_no_tensorflow_chatter(tmp_path):
     """`python -m dac_tf.train` for real: TensorFlow's start-up log lines are filtered
     out of stderr, so the promised one line is all there is."""

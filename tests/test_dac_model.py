@@ -334,6 +334,7 @@ def test_clean_accuracy_is_the_reference_clean_forward_of_each_epoch():
     assert model.train_clean_accuracy in model.metrics
 
 
+@pytest.mark.slow
 def test_reference_bn_updates_trains_under_mirrored_strategy():
     """Two replicas (per-replica BN statistics): the extra passes run and the logs,
     clean_accuracy included, are finite."""
@@ -442,6 +443,7 @@ def test_adv_certainty_metric_is_the_robust_steps_ac():
     np.testing.assert_allclose(logs["adv_accuracy"][0], np.mean(logits.argmax(1) == y))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["at", pytest.param("mart", marks=pytest.mark.slow)])
 def test_jit_compile_matches_graph_mode(method):
     # Deterministic start: TensorFlow's stateless RNG kernels draw other numbers under
@@ -471,6 +473,7 @@ def test_jit_compile_with_random_start_is_reproducible():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_and_other_seed_differs():
     x, y = batch(n=2 * BATCH)
     runs = []
@@ -590,18 +593,37 @@ def test_monitor_callbacks_keep_the_best_of_every_logged_key(tmp_path):
     assert varied >= 5   # else most checks could not tell max from min
 
 
-@pytest.mark.parametrize("key", ["val_accuracy", "val_robust_accuracy"])
-def test_keras_cannot_infer_the_mode_of_other_keys_and_says_so(key):
-    """What the README and DACModel's docstring state: Keras 3 infers `mode="auto"`
-    only for the losses of a DACModel and refuses any other key, asking for `mode`.
-    If a Keras release starts inferring them, this fails and the docs must change."""
+@pytest.mark.parametrize("key", ["val_accuracy", "adv_accuracy", "val_adv_certainty"])
+def test_fit_refuses_auto_mode_on_keys_keras_cannot_infer_before_any_step(key, tmp_path):
+    """Keras 3 infers `mode="auto"` only for the losses and compiled metrics; on any
+    other key of a DACModel it raises after the first epoch. `DACModel.fit` refuses
+    ModelCheckpoint, EarlyStopping and ReduceLROnPlateau in "auto" on such a key at once,
+    naming the mode to pass. If a Keras release starts inferring these keys, the second
+    half fails and the docs must change."""
     x, y = batch(3, n=BATCH)
     model = dac(make_base(3), "at", False)
     model.compile(optimizer=optimizers.TorchSGD(0.05))
+    before = model.base_model.get_weights()
+    mode = MODES[EXPECTED_DIRECTIONS[key]]
+    for monitor in (keras.callbacks.EarlyStopping(monitor=key, patience=10),
+                    keras.callbacks.ReduceLROnPlateau(monitor=key),
+                    keras.callbacks.ModelCheckpoint(str(tmp_path / "m.weights.h5"),
+                                                    monitor=key, save_weights_only=True)):
+        with pytest.raises(callbacks.RobustValidationError,
+                           match=rf"{type(monitor).__name__}\(monitor='{key}'\) needs "
+                                 rf"mode='{mode}'"):
+            model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, validation_data=(x, y),
+                      callbacks=[_AddRobustValidationLogs(), monitor])
+    assert int(model.optimizer.iterations) == 0   # refused before the first step
+    for a, b in zip(before, model.base_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Keras alone (keras.Model.fit, without DACModel's check) trains an epoch first.
     stopper = keras.callbacks.EarlyStopping(monitor=key, patience=10)
     with pytest.raises(ValueError, match="mode='max'"):
-        model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, validation_data=(x, y),
-                  callbacks=[_AddRobustValidationLogs(), stopper])
+        keras.Model.fit(model, x, y, batch_size=BATCH, epochs=1, verbose=0,
+                        validation_data=(x, y),
+                        callbacks=[_AddRobustValidationLogs(), stopper])
+    assert int(model.optimizer.iterations) > 0
 
 
 def test_robust_validation_keys_get_their_direction_in_a_users_fit():
@@ -643,6 +665,7 @@ def test_get_config_round_trips_every_constructor_argument():
             == [w.shape for w in model.base_model.weights])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["model.save",
                                  pytest.param("ModelCheckpoint", marks=pytest.mark.slow)])
 def test_keras_file_continues_training_like_an_uninterrupted_run(tmp_path, how):

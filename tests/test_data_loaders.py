@@ -23,6 +23,7 @@ def _rows(x, y=None):
     return collections.Counter((row.tobytes(), int(label)) for row, label in zip(x, y))
 
 
+@pytest.mark.slow
 def test_import_does_not_import_tfds():
     code = ("import sys, dac_tf.data; "
             "sys.exit(1 if 'tensorflow_datasets' in sys.modules else 0)")

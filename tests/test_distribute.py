@@ -78,8 +78,9 @@ def two_cpu_strategy():
     return cpu_strategy(2)
 
 
-# TRADES here; AT and MART also in the uneven-batch test below (with --runslow all three).
-@pytest.mark.parametrize("method", ["trades", pytest.param("at", marks=pytest.mark.slow),
+# With --runslow (the uneven-batch test below runs MART by default).
+@pytest.mark.parametrize("method", [pytest.param("trades", marks=pytest.mark.slow),
+                                    pytest.param("at", marks=pytest.mark.slow),
                                     pytest.param("mart", marks=pytest.mark.slow)])
 def test_two_replicas_equal_one_device(method):
     keras.utils.set_random_seed(0)
@@ -96,11 +97,13 @@ def test_two_replicas_equal_one_device(method):
         np.testing.assert_allclose(single_logs[key], mirrored_logs[key], rtol=1e-4)
 
 
-# AT for every replica count and remainder; MART's robust loss for the hardest case by
-# default, and for every case with --runslow.
+# MART's robust loss for the hardest case (3 replicas, a last batch of 1: two replicas
+# get nothing) by default; every replica count, remainder and AT with --runslow.
 @pytest.mark.parametrize("replicas, remainder, method", [
-    *[(r, m, "at") for r in (2, 3) for m in (0, 1, 2)],
+    pytest.param(3, 1, "at", marks=pytest.mark.slow),
     (3, 1, "mart"),
+    *[pytest.param(r, m, "at", marks=pytest.mark.slow)
+      for r in (2, 3) for m in (0, 1, 2) if (r, m) != (3, 1)],
     *[pytest.param(r, m, "mart", marks=pytest.mark.slow)
       for r in (2, 3) for m in (0, 1, 2) if (r, m) != (3, 1)]])
 def test_uneven_and_tiny_last_batches_equal_one_device(replicas, remainder, method):
@@ -121,7 +124,7 @@ def test_uneven_and_tiny_last_batches_equal_one_device(replicas, remainder, meth
 
 @pytest.mark.parametrize("replicas, n, batch_size, method", [
     (2, 14, 7, "at"),                 # every batch 4 + 3
-    (3, 17, 8, "at"),                 # 3 + 3 + 2, then a last batch of 1
+    pytest.param(3, 17, 8, "at", marks=pytest.mark.slow),  # 3 + 3 + 2, then 1
     pytest.param(2, 14, 7, "trades", marks=pytest.mark.slow),
     pytest.param(3, 17, 8, "mart", marks=pytest.mark.slow)])
 def test_batches_that_never_split_evenly_equal_one_device(replicas, n, batch_size, method):
@@ -146,7 +149,7 @@ def _replica_values(variable):
 
 
 @pytest.mark.parametrize("replicas, method", [
-    (3, "at"), (2, "trades"),
+    pytest.param(3, "at", marks=pytest.mark.slow), (2, "trades"),
     pytest.param(2, "at", marks=pytest.mark.slow),
     pytest.param(3, "trades", marks=pytest.mark.slow)])
 def test_batchnorm_statistics_stay_finite_and_are_replica_0s(replicas, method):

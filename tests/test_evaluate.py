@@ -282,6 +282,7 @@ class _Interrupt(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_resume_from_a_partial_json_equals_a_full_run(digits, logits_fn):
     x, y = digits.x_test[:30], digits.y_test[:30]
     kwargs = dict(attacks="clean,pgd5,fgsm,autoattack", epsilon=EPS, batch_size=8, seed=3,
@@ -458,6 +459,7 @@ def _cli(args):
                           capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_a_training_run(run_dir, tmp_path):
     out = tmp_path / "res" / "results.json"
     proc = _cli([f"--model={run_dir}", "--checkpoint=best", "--attacks=clean,fgsm,pgd5",

@@ -54,6 +54,7 @@ def _check_outputs(script, summary):
     assert meta["epsilon_255"] == pytest.approx(32.0) and meta["dataset"] == "digits"
 
 
+@pytest.mark.slow
 def test_the_digits_script_keeps_and_exports_the_best_epoch(tmp_path):
     script = _load_script()
     summary = script.main(str(tmp_path), epochs=1, verbose=0)   # the slow test runs all 8

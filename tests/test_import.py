@@ -13,6 +13,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import dac_tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,6 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_LINE = "I0000 00:00:1795621857.771353   22407 port.cc:153] a line the user's program wrote"
 
 
+@pytest.mark.slow
 def test_a_users_python_m_program_imports_dac_tf_lightly_and_keeps_its_stderr(tmp_path):
     package = tmp_path / "userpkg"
     package.mkdir()

@@ -366,7 +366,7 @@ def test_dac_save_weights_also_restores_the_optimizer_like_keras(digits, tmp_pat
 SPLITS = {2: [(7, 4), (5, 4)], 3: [(7, 6), (8, 6), (10, 3)]}
 
 
-@pytest.mark.parametrize("replicas", sorted(SPLITS))
+@pytest.mark.parametrize("replicas", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_evaluate_and_predict_over_replicas_equal_one_device(replicas):
     keras.utils.set_random_seed(0)
     single = make_base(batchnorm=True)      # BatchNorm in inference mode: replica-free

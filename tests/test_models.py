@@ -238,6 +238,7 @@ def test_zoo_normalization_is_bit_for_bit_x_minus_mean_over_std(stats):
                                   layers.ChannelNormalization(mean, std)(x).numpy())
 
 
+@pytest.mark.slow
 def test_a_saved_zoo_model_loads_with_keras_alone(tmp_path):
     # A user's serving or analysis code should not need dac_tf to read a .keras file
     # of a zoo model (before: "Could not locate class 'ChannelNormalization'").
@@ -372,6 +373,7 @@ def test_small_cnn_shapes_and_size(shape):
     assert tuple(out.shape) == (3, 7)
 
 
+@pytest.mark.slow
 def test_small_cnn_learns_digits():
     from sklearn.datasets import load_digits
     keras.utils.set_random_seed(0)

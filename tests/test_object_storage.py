@@ -11,6 +11,7 @@ import os
 import uuid
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import clitools
@@ -27,6 +28,7 @@ TINY = ["--dataset=digits", "--arch=small_cnn", "--batch_size=128", "--lr=0.05",
         "--max_steps_per_epoch=3", "--verbose=0"]
 
 
+@pytest.mark.slow
 def test_train_resume_evaluate_export_on_an_object_store(tmp_path, monkeypatch):
     root = f"ram://dac_tf_test_{uuid.uuid4().hex[:8]}"
     run, exports = f"{root}/runs/digits", f"{root}/export/digits"

@@ -52,6 +52,7 @@ def read_json(path):
         return json.load(f)
 
 
+@pytest.mark.slow
 def test_at_prn18_flagfile_trains_resumes_evaluates_exports_and_serves(tmp_path,
                                                                        monkeypatch):
     run = tmp_path / "at_prn18"
@@ -143,6 +144,7 @@ np.savez({str(tmp_path / 'outputs.npz')!r},
                                    tf.nn.softmax(expected).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["trades_prn18.cfg", "mart_prn18.cfg"])
 def test_trades_and_mart_flagfiles_train_and_are_evaluated_at_8_255(name, tmp_path):
     run = tmp_path / name[:-4]

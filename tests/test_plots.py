@@ -199,6 +199,7 @@ def _fabricate_run(model_dir, num_epochs=3, best=2):
     return best_model, model
 
 
+@pytest.mark.slow
 def test_end_to_end_report_of_a_run_directory(tmp_path):
     model_dir = str(tmp_path / "digits_at_dac")
     best_model, last_model = _fabricate_run(model_dir)

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from absl import flags
 
 import clitools
@@ -42,6 +44,7 @@ def run_cli(args):
                           env=env, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_writes_figures_and_fails_cleanly_on_a_bad_dir(tmp_path):
     good, bad = str(tmp_path / "good"), str(tmp_path / "bad")
     write_metrics(good, num_epochs=4)

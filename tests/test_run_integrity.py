@@ -95,6 +95,7 @@ def test_a_lost_best_checkpoint_is_refused(run_copy):
     assert clitools.tree_hashes(run_copy) == before
 
 
+@pytest.mark.slow
 def test_killed_between_last_and_best_saves_recovers_best_from_last(run_copy):
     """The loop saves `last` before `best`: a kill in between leaves best/ one epoch
     behind, and the restored `last` holds exactly the weights best/ must hold."""
@@ -145,6 +146,7 @@ def test_a_resume_keeps_every_batch_at_its_planned_rate(tmp_path):
     assert rows[1]["lr"] == pytest.approx(0.05)
 
 
+@pytest.mark.slow
 def test_columns_a_user_added_to_metrics_csv_survive_a_resume(run_copy):
     path = run_copy / "metrics.csv"
     with open(path, newline="") as f:
@@ -167,6 +169,7 @@ def test_columns_a_user_added_to_metrics_csv_survive_a_resume(run_copy):
         assert all(new[k] == old[k] for k in rundir.METRIC_COLUMNS)
 
 
+@pytest.mark.slow
 def test_a_resume_removes_what_killed_writers_left(run_copy):
     (run_copy / "metrics.csv.tmp-123-abcd").write_text("half")
     (run_copy / "checkpoints" / "ckpt-3_temp").mkdir()
@@ -205,6 +208,7 @@ def test_a_model_dir_that_cannot_be_created_leaves_no_folder(tmp_path, case):
     assert sorted(os.listdir(tmp_path)) == ["file"]
 
 
+@pytest.mark.slow
 def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path):
     model_dir = tmp_path / "runs" / "nan"
     failed = run_train(model_dir, "--lr=1e30")
@@ -230,6 +234,7 @@ def test_an_epoch_that_overflows_the_weights_is_a_failed_epoch(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_failed_later_epoch_keeps_the_previous_checkpoints_newest(tmp_path, monkeypatch):
     """Epoch 2 ends with NaN weights (injected after its validation, so every logged
     value is finite): it is not saved; epoch 1's checkpoints and row stay the newest (a
@@ -332,6 +337,7 @@ def test_two_replicas_with_a_last_batch_of_one_example_train_to_the_end(tmp_path
     assert 0 < row["train_loss"] < 10 and 0 <= row["val_robust_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_first_checkpoint_and_its_index_resumes(tmp_path):
     """TensorFlow writes ckpt-1's files before the index that lists them: a kill in
     between leaves epoch 1 saved but unlisted. That is resumed (the index is rebuilt),

@@ -175,6 +175,7 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_fresh_tensorflow_process_serves_every_signature(exported, inputs, tmp_path):
     pixels, floats = inputs
     np.save(tmp_path / "pixels.npy", pixels)
@@ -190,6 +191,7 @@ def test_fresh_tensorflow_process_serves_every_signature(exported, inputs, tmp_p
     assert json.loads(str(out["metadata"]))["checkpoint"] == "best"
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_and_runs_the_signatures(exported, inputs, tmp_path):
     cli = shutil.which("saved_model_cli") or os.path.join(os.path.dirname(sys.executable),
                                                           "saved_model_cli")
@@ -363,6 +365,7 @@ def test_export_readme_claims_hold_for_empty_batches_and_numpy_casts(exported):
 
 
 # ------------------------------------------------------------------------ versions
+@pytest.mark.slow
 def test_versions_never_overwrite_silently_and_are_replaced_atomically(exported, inputs,
                                                                        tmp_path, monkeypatch):
     base = str(tmp_path / "digits_at")

@@ -228,6 +228,7 @@ def test_non_finite_loss_stops_with_the_epoch_and_batch_and_writes_no_best(tmp_p
         model_dir / checkpoints.LAST_DIR)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     model_dir = tmp_path / "run"
     assert run_cli(tiny_flags(model_dir, val_size=0)).returncode == 0

@@ -30,10 +30,12 @@ from dac_tf.callbacks.epochs import StopOnNonFiniteEpoch
 from dac_tf.callbacks.epochs import StopOnNonFiniteLoss
 from dac_tf.callbacks.epochs import TrainingProgress
 from dac_tf.callbacks.validation import RobustValidation
+from dac_tf.callbacks.validation import MONITOR_MODES
 from dac_tf.callbacks.validation import RobustValidationError
+from dac_tf.callbacks.validation import check_monitor_modes
 from dac_tf.callbacks.validation import ordered
 
-__all__ = ["BestCheckpoint", "EpochCheckpoint", "EpochInfo",
+__all__ = ["BestCheckpoint", "EpochCheckpoint", "EpochInfo", "MONITOR_MODES",
            "NonFiniteLossError", "RobustValidation", "RobustValidationError",
            "SplitTensorBoard", "StopOnNonFiniteEpoch", "StopOnNonFiniteLoss",
-           "TrainingProgress", "ordered"]
+           "TrainingProgress", "check_monitor_modes", "ordered"]

@@ -30,6 +30,9 @@ from dac_tf import seeds
 _SEED_STREAM = zlib.crc32(b"dac_tf.callbacks.RobustValidation") & 0x7FFFFFFF
 # The default step as a fraction of the radius: the AT reference's selection attack.
 _REFERENCE_STEP_FRACTION = protocol.SELECTION_PROTOCOLS["at"].step_fraction
+# The direction of each key `RobustValidation` logs (after its prefix), for Keras'
+# monitor callbacks: Keras 3 infers `mode="auto"` only for "loss" and compiled metrics.
+MONITOR_MODES = {"clean_accuracy": "max", "robust_accuracy": "max", "adv_certainty": "min"}
 
 
 def _to_unit_floats(images, labels, weights):
@@ -296,6 +299,8 @@ def ordered(callbacks):
     holder = callbacks if isinstance(callbacks, keras.callbacks.CallbackList) else None
     items = list(holder.callbacks if holder is not None else callbacks)
     validations = [c for c in items if isinstance(c, RobustValidation)]
+    check_monitor_modes(items, {f"{v.prefix}_{key}": mode for v in validations
+                                for key, mode in MONITOR_MODES.items()})
     for callback in validations:
         callback._in_order = True   # pylint: disable=protected-access
     result = validations + [c for c in items if not isinstance(c, RobustValidation)]
@@ -303,3 +308,26 @@ def ordered(callbacks):
         holder.callbacks = result
         return holder
     return result
+
+
+def check_monitor_modes(callbacks, modes):
+    """Refuses, before training, a monitor callback whose direction Keras cannot infer.
+
+    `ModelCheckpoint`, `EarlyStopping` and `ReduceLROnPlateau` with `mode="auto"` infer
+    the direction only for "loss" and compiled metrics; on any other key Keras raises
+    at the first epoch's end, after a whole epoch of training. This raises at once.
+
+    Args:
+      callbacks: the callbacks (anything with `monitor` and `mode` attributes is checked).
+      modes: {log key: "max" or "min"} for the keys whose direction Keras cannot infer.
+
+    Raises:
+      RobustValidationError: naming the callback, the key and the mode to pass.
+    """
+    for callback in callbacks:
+        monitor, mode = getattr(callback, "monitor", None), getattr(callback, "mode", None)
+        if mode == "auto" and isinstance(monitor, str) and monitor in modes:
+            raise RobustValidationError(
+                f"{type(callback).__name__}(monitor={monitor!r}) needs "
+                f"mode={modes[monitor]!r}: Keras cannot infer the direction of this key "
+                "and would fail after the first epoch.")
