@@ -272,3 +272,82 @@ def check_defaults(config_cls, flag_values):
         if defined != expected:
             differing.append(field.name)
     return differing
+
+
+# The `python -m dac_tf.X` programs, in the order docs/FLAGS.md lists them.
+PROGRAMS = ("dac_tf.train", "dac_tf.evaluate", "dac_tf.export", "dac_tf.report",
+            "dac_tf.bench")
+
+
+def _flag_help(flag):
+    text = " ".join(str(flag.help).split())
+    if getattr(flag.parser, "enum_values", None) and text.startswith("<"):
+        text = text.split(">: ", 1)[-1]   # absl's "<a|b|c>: " prefix: the type column
+    text = text.replace("; repeat this option to specify a list of values", "")
+    # A table cell: `|` would end it, `<name>` would be read as an HTML tag.
+    return text.replace("|", "\\|").replace("<", "\\<")
+
+
+def _flag_kind(flag):
+    enum_values = getattr(flag.parser, "enum_values", None)
+    if enum_values:
+        return "one of " + ", ".join(f"`{v}`" for v in enum_values)
+    kind = flag.flag_type()
+    if kind.startswith("comma separated list"):
+        return "comma list"
+    if kind.startswith("multi"):
+        return "repeatable"
+    return kind
+
+
+def _flag_default(flag):
+    default = flag.default
+    if default is None:
+        return "unset"
+    if isinstance(default, bool):
+        return "`true`" if default else "`false`"
+    if isinstance(default, (list, tuple)):
+        return f"`{','.join(str(v) for v in default)}`"
+    return f"`{default}`" if default != "" else '`""`'
+
+
+def flag_reference_markdown(programs):
+    """The flag reference of `programs` as markdown (docs/FLAGS.md).
+
+    Each program's flags are defined on a fresh `FlagValues` by its own
+    `define_flags`, so the text is what its `--help` lists: per program a section, per
+    `--help` group a table of flag, type, default and help. Nothing in it depends on the
+    machine or the terminal (absl's `--help` wraps at the terminal's width).
+
+    Args:
+      programs: program modules (e.g. `dac_tf.train`), each with
+        `define_flags(flag_values)` and a docstring whose first paragraph says what the
+        program does.
+
+    Returns:
+      The markdown text, ending in a newline.
+    """
+    lines = ["# Flags of the programs", "",
+             "Generated from each program's flag definitions (what `--help` lists) by",
+             "`python -m dac_tf.flagdefs > docs/FLAGS.md`; `tests/test_flagdefs.py` checks",
+             "that this file is up to date. `unset` means the program resolves the value",
+             "(the help says to what). `--flagfile=FILE` reads flags from a file.", ""]
+    for program in programs:
+        flag_values = flags.FlagValues()
+        program.define_flags(flag_values)
+        summary = " ".join((program.__doc__ or "").strip().split("\n\n")[0].split())
+        lines += [f"## `python -m {program.__name__}`", "", summary, ""]
+        for module, module_flags in flag_values.flags_by_module_dict().items():
+            group = module[module.index("(") + 1:-1] if module.endswith(")") else "flags"
+            lines += [f"### {group}", "", "| flag | type | default | help |",
+                      "|---|---|---|---|"]
+            lines += [f"| `--{f.name}` | {_flag_kind(f)} | {_flag_default(f)} | "
+                      f"{_flag_help(f)} |" for f in module_flags]
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":   # python -m dac_tf.flagdefs > docs/FLAGS.md
+    import importlib
+    print(flag_reference_markdown([importlib.import_module(name) for name in PROGRAMS]),
+          end="")

@@ -243,3 +243,34 @@ def test_config_files_resolve_and_paper_rows_equal_the_reference(name):
     for key, value in REFERENCE_SCRIPTS[method].items():
         assert getattr(config, key) == (value if value is None or isinstance(value, str)
                                         else pytest.approx(value)), (name, key)
+
+
+def _results_rows():
+    """(arch, method, config file, cells) of each row of docs/RESULTS.md's table."""
+    text = open(os.path.join(REPO, "docs", "RESULTS.md"), encoding="utf-8").read()
+    return [(m.group(1), m.group(2), m.group(3), m.group(4).split(" | "))
+            for m in re.finditer(r"^\| (PRN18|WRN34) \| ([A-Z+]+) \| \[`([\w.]+)`\]"
+                                 r"\(\.\./configs/\3\) \| (.*) \|$", text, re.M)]
+
+
+def test_results_md_has_all_twelve_paper_rows_in_the_published_format():
+    rows = _results_rows()
+    assert sorted((arch, method) for arch, method, _, _ in rows) == sorted(
+        (arch, method + dac) for arch in ("PRN18", "WRN34")
+        for method in ("AT", "TRADES", "MART") for dac in ("", "+DAC"))
+    for _, _, _, cells in rows:   # Clean, PGD-20, PGD-100, CW-inf, AutoAttack: last (best)
+        assert len(cells) == 5 and all(re.fullmatch(r"\d\d\.\d\d \(\d\d\.\d\d\)", c)
+                                       for c in cells), cells
+
+
+@pytest.mark.parametrize("arch, method, name", [r[:3] for r in _results_rows()])
+def test_each_results_row_names_a_config_that_trains_that_row(arch, method, name):
+    # The row's label, read independently of the file name: PRN18/WRN34, AT/TRADES/MART,
+    # "+DAC" or not; the flagfile must parse to exactly that training setting.
+    path = os.path.join(REPO, "configs", name)
+    assert os.path.isfile(path), f"docs/RESULTS.md names {name}, which configs/ lacks"
+    config = config_lib.resolve(parse_flagfile(path))
+    expected_arch = {"PRN18": "preact_resnet18", "WRN34": "wide_resnet34_10"}[arch]
+    assert (config.arch, config.method, config.use_dac, config.dataset) == (
+        expected_arch, method.split("+")[0].lower(), method.endswith("+DAC"), "cifar10")
+    assert config.epsilon == pytest.approx(REFERENCE_SCRIPTS[config.method]["epsilon"])

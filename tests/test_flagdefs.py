@@ -1,6 +1,9 @@
 """dac_tf.flagdefs: flags generated from a config dataclass, read back into its fields."""
 
 import dataclasses
+import importlib
+import os
+import re
 
 from absl import flags
 import pytest
@@ -77,3 +80,36 @@ def test_check_defaults_finds_a_flag_defined_by_hand_with_another_default():
     flagdefs.define_flags(_Toy, flag_values, program="toy")   # keeps the existing --count
     assert flagdefs.check_defaults(_Toy, flag_values) == ["count"]
     assert flagdefs.check_defaults(_Toy, _parsed()) == []
+
+
+def test_docs_flags_md_is_the_generated_flag_reference():
+    # docs/FLAGS.md is generated, never edited by hand: a flag whose default, help or
+    # group changed makes this fail until the file is regenerated.
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    programs = [importlib.import_module(name) for name in flagdefs.PROGRAMS]
+    generated = flagdefs.flag_reference_markdown(programs)
+    with open(os.path.join(repo, "docs", "FLAGS.md"), encoding="utf-8") as f:
+        committed = f.read()
+    assert committed == generated, (
+        "docs/FLAGS.md is out of date; regenerate it with "
+        "`python -m dac_tf.flagdefs > docs/FLAGS.md`")
+
+
+def test_the_flag_reference_lists_every_flag_of_every_program_once():
+    # Independent of the renderer: each program's flags, read from absl directly, appear
+    # as exactly one table row under that program's section, with no machine paths.
+    sections = {}
+    programs = [importlib.import_module(name) for name in flagdefs.PROGRAMS]
+    text = flagdefs.flag_reference_markdown(programs)
+    for program in programs:
+        flag_values = flags.FlagValues()
+        program.define_flags(flag_values)
+        start = text.index(f"## `python -m {program.__name__}`")
+        end = text.find("\n## ", start + 1)
+        sections[program.__name__] = text[start:end if end > 0 else None]
+        rows = re.findall(r"^\| `--(\w+)` \|", sections[program.__name__], re.M)
+        defined = [f.name for fl in flag_values.flags_by_module_dict().values() for f in fl]
+        assert sorted(rows) == sorted(defined) and len(rows) == len(set(rows))
+    assert set(sections) == {"dac_tf.train", "dac_tf.evaluate", "dac_tf.export",
+                             "dac_tf.report", "dac_tf.bench"}
+    assert os.path.expanduser("~") not in text and os.getcwd() not in text

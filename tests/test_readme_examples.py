@@ -107,3 +107,31 @@ def test_every_dac_tf_name_the_documents_use_exists():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _anchor(heading):
+    # GitHub's heading anchors: lower case, punctuation dropped, spaces become hyphens.
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_of_the_documents_resolves():
+    broken = []
+    for document in DOCUMENTS + [os.path.join("export", "README.md")]:
+        with open(os.path.join(REPO, document), encoding="utf-8") as f:
+            text = f.read()
+        prose = re.sub(r"^```.*?^```", "", text, flags=re.M | re.S)   # not code blocks
+        for target in re.findall(r"\]\(([^)\s]+)\)", prose):
+            if re.match(r"[a-z]+:", target):
+                continue   # https://..., mailto:
+            path, _, anchor = target.partition("#")
+            resolved = os.path.normpath(os.path.join(REPO, os.path.dirname(document), path))
+            if path and not os.path.exists(resolved):
+                broken.append(f"{document}: {target}")
+                continue
+            if anchor:
+                with open(resolved if path else os.path.join(REPO, document),
+                          encoding="utf-8") as f:
+                    headings = re.findall(r"^#+ (.*)$", f.read(), re.M)
+                if anchor not in {_anchor(h) for h in headings}:
+                    broken.append(f"{document}: {target}")
+    assert not broken
