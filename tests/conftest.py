@@ -8,6 +8,9 @@ multi-device tests do). Everything else runs on the default device as usual.
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The kernels `python -m dac_tf.*` runs with (dac_tf/__init__.py turns oneDNN on for the
+# programs); TF_ENABLE_ONEDNN_OPTS=0 in the environment tests the Eigen kernels instead.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402

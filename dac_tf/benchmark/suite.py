@@ -24,7 +24,12 @@ from dac_tf.benchmark import timing
 
 def _common_fields(config, device_kind, device):
     return {"device": device, "device_kind": device_kind, "tf_version": tf.__version__,
-            "keras_version": keras.__version__, "runs": config.runs,
+            "keras_version": keras.__version__,
+            # What TensorFlow read when it loaded: "1" (the programs' default, see
+            # dac_tf/__init__.py), "0", or None (TF's default: oneDNN only on AVX-512
+            # VNNI CPUs and newer).
+            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+            "runs": config.runs,
             "warmup": config.warmup, "num_steps": config.num_steps,
             "steps_per_execution": config.steps_per_execution,
             "memory_kind": ("gpu_peak_allocated" if device_kind == "GPU"
