@@ -178,6 +178,12 @@ class DACModel(keras.Model):
     def call(self, inputs, training=None):
         return self.base_model(inputs, training=training)
 
+    def predict_step(self, data):
+        """The base model's logits, BatchNorm in inference mode; a replica's empty
+        share of the last batch gives empty logits (`replicas.call_on_nonempty`)."""
+        images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return replicas.call_on_nonempty(lambda x: self(x, training=False), images)
+
     def compile(self, optimizer="sgd", **kwargs):
         """Like `keras.Model.compile`; losses and metrics are DAC's own.
 

@@ -8,6 +8,7 @@ batch is split (unevenly, or with replicas that get no example):
 - `global_batch_mean`: a replica's share of the global batch mean;
 - `global_results`: metric results over every replica's examples;
 - `pad_empty_replica`: one zero-weight example for a replica with none;
+- `call_on_nonempty`: a model's outputs for a batch that may be empty (prediction);
 - `sync_from_first_replica`: replica 0's BatchNorm statistics on every replica;
 - `derive_seed`, `replica_id`: an attack's seed per update and replica.
 
@@ -110,6 +111,31 @@ def pad_empty_replica(images, labels):
     labels = tf.concat([labels, tf.zeros([pad], labels.dtype)], 0)
     weights = tf.concat([tf.ones([count]), tf.zeros([pad])], 0)
     return images, labels, weights
+
+
+def call_on_nonempty(fn, images):
+    """`fn(images)` for a batch that may be empty (a replica's share, a client's request).
+
+    TensorFlow's oneDNN convolution (TF 2.21 with TF_ENABLE_ONEDNN_OPTS=1, the
+    programs' default on CPUs without AVX-512 VNNI) returns a wrongly shaped tensor for
+    an empty batch, and the next op fails ("Incompatible shapes: [32] vs.
+    [0,8,8,3]"); Eigen's kernels return an empty result. An empty batch therefore runs
+    on one zero image, and every output is cut back to the batch's size. A non-empty
+    batch runs unchanged (nothing is padded).
+
+    Args:
+      fn: images -> a tensor or a nest of tensors with the batch as first dimension
+        (a model in inference mode: its rows must not depend on each other).
+      images: [N, ...] tensor, N >= 0.
+
+    Returns:
+      `fn`'s outputs, each [N, ...].
+    """
+    count = tf.shape(images)[0]
+    pad = tf.maximum(1 - count, 0)
+    padded = tf.concat([images, tf.zeros(tf.concat([[pad], tf.shape(images)[1:]], 0),
+                                         images.dtype)], 0)
+    return tf.nest.map_structure(lambda output: output[:count], fn(padded))
 
 
 def replica_id():

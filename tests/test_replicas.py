@@ -78,3 +78,21 @@ def test_attack_seeds_fold_the_update_and_the_replica_into_the_seed():
     np.testing.assert_array_equal(replicas.derive_seed(7, 5, 1), expected)
     assert not np.array_equal(replicas.derive_seed(7, 5, 0), expected)
     assert replicas.replica_id().numpy() == 0 and replicas.num_replicas() == 1
+
+
+def test_an_empty_batch_gets_empty_outputs_and_a_full_one_runs_unchanged():
+    """An empty batch through a conv + BatchNorm model: empty outputs of the right
+    shape (TensorFlow's oneDNN convolution, which the tests run with, returns a wrongly
+    shaped tensor for it and the next op fails); a non-empty batch gives the model's
+    own outputs, padded with nothing."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(5, 3, padding="same")(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Flatten()(x)))
+    fn = tf.function(lambda images: replicas.call_on_nonempty(
+        lambda x: {"logits": model(x, training=False)}, images))
+    empty = fn(tf.zeros((0, 8, 8, 3)))["logits"]
+    assert empty.shape == (0, 4)
+    images = np.random.default_rng(0).random((3, 8, 8, 3), dtype=np.float32)
+    np.testing.assert_array_equal(fn(tf.constant(images))["logits"].numpy(),
+                                  model(images, training=False).numpy())

@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from dac_tf import errors
+from dac_tf import replicas
 
 FORMAT = "dac_tf.export/1"
 METADATA_FILE = os.path.join("assets.extra", "dac_tf_metadata.json")
@@ -106,7 +107,8 @@ class ServingModule(tf.Module):
             # fully convolutional network would silently classify a wrong-sized image;
             # the model's input depends on this op, so no graph rewrite can skip it.
             images = tf.ensure_shape(images, batch)
-            logits = tf.cast(model(images, training=False), tf.float32)
+            logits = tf.cast(replicas.call_on_nonempty(
+                lambda x: model(x, training=False), images), tf.float32)
             return {"logits": logits,
                     "probabilities": tf.nn.softmax(logits, axis=-1),
                     "classes": tf.argmax(logits, axis=-1, output_type=tf.int64)}
