@@ -44,3 +44,32 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "crosscheck: compares with a second implementation (needs torch and "
         "pyautoattack; skipped when they are not installed)")
+
+
+# The trained digits model of the evaluation tests (tests/test_evaluate.py,
+# tests/test_evaluation_*.py): built once per session, not once per file.
+@pytest.fixture(scope="session")
+def digits():
+    from dac_tf import data
+    return data.load("digits")
+
+
+@pytest.fixture(scope="session")
+def trained(digits):
+    """small_cnn trained with plain Keras on digits (about 3 s; ~98% test accuracy)."""
+    import keras
+    from dac_tf import models
+    from helpers_evaluation import WIDTHS
+    keras.utils.set_random_seed(0)
+    model = models.build("small_cnn", num_classes=10, input_shape=(8, 8, 1),
+                         normalization=None, widths=WIDTHS)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"],
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(digits.x_train, digits.y_train, epochs=10, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def logits_fn(trained):
+    from dac_tf.evaluation import loading
+    return loading.keras_logits_fn(trained)

@@ -1,5 +1,5 @@
 """Training-time attacks: invariants (ball, box, eps=0), projections, strength order;
-the helpers every attack implementation shares (margin, clip, seeds)."""
+the helpers every attack implementation shares (margin, clip; seeds: tests/test_seeds.py)."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,6 @@ from cleverhans.tf2.utils import clip_eta as cleverhans_clip_eta
 
 from dac_tf import attacks
 from dac_tf import autoattack
-from dac_tf import seeds
 from dac_tf.evaluation import attacks as evaluation_attacks
 
 
@@ -147,23 +146,6 @@ def test_clip_eta_is_cleverhans_clip_eta(norm, ch_norm, epsilon):
     ours = attacks.clip_eta(tf.constant(eta), norm, epsilon).numpy()
     theirs = cleverhans_clip_eta(tf.constant(eta), ch_norm, epsilon).numpy()
     np.testing.assert_array_equal(ours, theirs)
-
-
-def test_seed_fold_is_a_fold_in_chain_whose_data_dtype_is_part_of_the_stream():
-    fold_in = tf.random.experimental.stateless_fold_in
-    base = tf.constant([3, 0], tf.int64)
-    chain64 = fold_in(fold_in(base, tf.constant(5, tf.int64), alg="philox"),
-                      tf.constant(1, tf.int64), alg="philox")
-    chain32 = fold_in(fold_in(base, tf.constant(5, tf.int32), alg="philox"),
-                      tf.constant(1, tf.int32), alg="philox")
-    np.testing.assert_array_equal(seeds.fold(3, 5, 1).numpy(), chain64.numpy())
-    np.testing.assert_array_equal(seeds.fold(base, 5, 1, data_dtype=tf.int32).numpy(),
-                                  chain32.numpy())
-    assert not np.array_equal(chain64.numpy(), chain32.numpy())
-    assert seeds.fold(3).numpy().tolist() == [3, 0]
-    # Inside a traced function, with tensor data.
-    traced = tf.function(lambda s, d: seeds.fold(s, d, 1))(base, tf.constant(5, tf.int64))
-    np.testing.assert_array_equal(traced.numpy(), chain64.numpy())
 
 
 def test_kl_divergence_closed_form():

@@ -1,12 +1,12 @@
-"""dac_tf.benchmark.rows and .table: which rows run, what is derived from them, the tables."""
+"""dac_tf.benchmark.rows: which rows run, what is derived from them (the tables:
+tests/test_benchmark_table.py)."""
 
 import pytest
 
 from dac_tf.benchmark import BenchConfig
 from dac_tf.benchmark import flops
-from dac_tf.benchmark import kernels
 from dac_tf.benchmark import rows as rows_lib
-from dac_tf.benchmark import table
+from helpers_benchmark import train_row
 
 
 def test_plan_puts_xla_last_and_times_the_input_pipeline_once_per_batch():
@@ -39,21 +39,13 @@ def test_plan_times_the_kernels_before_the_rows_compared_with_them():
     assert len(specs) == 4 + 4 * 2 * 2
 
 
-def _train_row(**fields):
-    row = dict(kind="train", arch="small_cnn", method="at", use_dac=True,
-               reference_bn_updates=False, batch_size=8, mode="fp32", pipeline="synthetic",
-               num_steps=10, img_per_s=50.0, step_ms_median=160.0, gflop_per_image=0.5)
-    row.update(fields)
-    return row
-
-
 def test_rates_of_a_row_against_its_kernels_by_hand():
     entry = {"count": 3, "count_input_grad_in_update": 2, "gflop": 0.01,
              "forward_ms": 1.0, "input_grad_ms": 2.0, "weight_grad_ms": 4.0}
     kernel_row = dict(kind="kernels", arch="small_cnn", batch_size=8, mode="fp32",
                       kernels=[entry], error=None)
     other_batch = dict(kernel_row, batch_size=16, kernels=[dict(entry, forward_ms=9.0)])
-    row = _train_row()
+    row = train_row()
     rows_lib.add_rates([kernel_row, other_batch, row])
     # DAC-AT, 10 steps: 20 attack passes and 2 updates. By hand, in ms:
     ideal_ms = 3 * 20 * (1 + 2) + 2 * (3 * (1 + 4) + 2 * 2)
@@ -62,7 +54,7 @@ def test_rates_of_a_row_against_its_kernels_by_hand():
     assert row["fraction_of_measured"] == pytest.approx(
         row["achieved_gflop_per_s"] / row["measured_gflop_per_s"])
     # A row with no kernels row of its (arch, batch, mode), or a failed one: no rate.
-    lonely, failed = _train_row(mode="bf16"), _train_row()
+    lonely, failed = train_row(mode="bf16"), train_row()
     rows_lib.add_rates([dict(kernel_row, error="OOM"), lonely, failed])
     assert lonely["measured_gflop_per_s"] is None and lonely["fraction_of_measured"] is None
     assert failed["achieved_gflop_per_s"] == pytest.approx(25.0)
@@ -72,7 +64,7 @@ def test_rates_of_a_row_against_its_kernels_by_hand():
 def test_flop_fields_use_the_step_count_of_the_row():
     config = BenchConfig(num_steps=5, eval_pgd_steps=7)
     arch_flops = {"small_cnn": (1e6, 1e5)}
-    train = rows_lib.flop_fields(_train_row(), config, arch_flops)
+    train = rows_lib.flop_fields(train_row(), config, arch_flops)
     assert train["gflop_per_image"] * 1e9 == pytest.approx(
         flops.step_flops(1e6, "at", True, 5, input_layer_flops=1e5))
     evaluation = rows_lib.flop_fields(dict(kind="eval", arch="small_cnn"), config,
@@ -83,31 +75,10 @@ def test_flop_fields_use_the_step_count_of_the_row():
 
 
 def test_ratios_compare_with_the_matching_row():
-    off = _train_row(use_dac=False, step_ms_median=100.0)
-    on = _train_row(step_ms_median=205.0)
-    tfds = _train_row(pipeline="tfds_like", step_ms_median=246.0)
+    off = train_row(use_dac=False, step_ms_median=100.0)
+    on = train_row(step_ms_median=205.0)
+    tfds = train_row(pipeline="tfds_like", step_ms_median=246.0)
     rows_lib.add_ratios([off, on, tfds])
     assert on["dac_cost_ratio"] == pytest.approx(2.05)
     assert "dac_cost_ratio" not in off
     assert tfds["input_slowdown"] == pytest.approx(1.2)
-
-
-def test_tables_show_measured_rates_and_assume_no_peak():
-    """A floor in images/s needs the device's rate; none is assumed (a CPU used to get
-    "% floor 0.0%" of an assumed 400 TFLOP/s): the rate shown is the measured one."""
-    row = _train_row(achieved_gflop_per_s=25.0, measured_gflop_per_s=50.0,
-                     fraction_of_measured=0.5, peak_memory_mb=10.0, error=None)
-    kernel_row = dict(kind="kernels", arch="small_cnn", batch_size=8, mode="fp32",
-                      error=None, kernels=[dict(
-                          layer="conv 8x8x3 k3x3 s1 same -> 8x8x4", count=1, gflop=0.001,
-                          **{f"{op}_ms": 1.0 for op in kernels.OPS},
-                          **{f"{op}_gflop_per_s": 1.0 for op in kernels.OPS})],
-                      **{f"{op}_gflop_per_s": 1.0 for op in kernels.OPS})
-    lines = table.format_table([kernel_row, row]).splitlines()
-    assert "floor" not in lines[0] and "| GFLOP/s | % measured |" in lines[0]
-    assert len(lines) == 3   # the kernels row has its own table
-    assert "| 25.0 | 50.0% |" in lines[2]
-    kernel_lines = table.format_kernel_table([kernel_row, row]).splitlines()
-    assert len(kernel_lines) == 2 + 2   # one layer, then the row's summary
-    assert kernel_lines[2].startswith("| small_cnn | 8 | fp32 | conv 8x8x3")
-    assert table.format_kernel_table([row]) == ""

@@ -1,7 +1,7 @@
 """dac_tf.evaluation.suite: the evaluation's config, checked before any model is loaded.
 
 The runs themselves (a trained digits model evaluated into an output, `--resume`, a
-`ram://` output) are in tests/test_evaluate.py, which shares its trained model.
+`ram://` output) are in tests/test_evaluate.py.
 """
 
 import inspect
