@@ -145,6 +145,7 @@ EVAL_FLAG_VALUES = {
 }
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.fixed_dictionaries({}, optional=EVAL_FLAG_VALUES))
 def test_fuzzed_evaluate_flags_resolve_or_raise_one_line_errors(values):

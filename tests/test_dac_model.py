@@ -213,7 +213,8 @@ def make_other_kind(kind):
     return model
 
 
-@pytest.mark.parametrize("kind", ["sequential", "subclassed"])
+@pytest.mark.parametrize("kind", [pytest.param("sequential", marks=pytest.mark.slow),
+                                  "subclassed"])
 def test_sequential_and_subclassed_models_take_the_same_step(kind):
     """NSL-style: the wrapper works on every kind of Keras model; each must take exactly
     the hand-rolled reference step (AT+DAC; the TRADES/MART paths are the same code)."""
@@ -232,8 +233,15 @@ def test_sequential_and_subclassed_models_take_the_same_step(kind):
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["at", "trades", "mart"])
-@pytest.mark.parametrize("use_dac", [True, False])
+# The default run checks DAC with AT and TRADES (the KL attack and loss); MART and the
+# base methods without DAC run with --runslow.
+_STEP_GRID = [(True, "at"), (True, "trades"),
+              *[pytest.param(d, m, marks=pytest.mark.slow)
+                for d, m in ((True, "mart"), (False, "at"), (False, "trades"),
+                             (False, "mart"))]]
+
+
+@pytest.mark.parametrize("use_dac, method", _STEP_GRID)
 def test_one_fit_step_matches_hand_rolled_reference(method, use_dac):
     x, y = batch()
     base = make_base(1)
@@ -266,8 +274,7 @@ def fit_one_batch(method, use_dac, reference_bn_updates, x, y, epochs=1):
     return base, model, history
 
 
-@pytest.mark.parametrize("method", ["at", "trades", "mart"])
-@pytest.mark.parametrize("use_dac", [True, False])
+@pytest.mark.parametrize("use_dac, method", _STEP_GRID)
 def test_reference_bn_updates_replay_the_references_forwards(method, use_dac):
     """BN statistics after one step equal a replay of the reference's train-mode forward
     sequence (AT: attack + final forward, clean forward after the update; TRADES: the
@@ -285,7 +292,7 @@ def test_reference_bn_updates_replay_the_references_forwards(method, use_dac):
 
 
 @pytest.mark.parametrize("method, changes_statistics, use_dac", [
-    ("at", True, True), ("mart", False, True),
+    ("at", True, True), pytest.param("mart", False, True, marks=pytest.mark.slow),
     pytest.param("trades", True, True, marks=pytest.mark.slow),
     *[pytest.param(m, c, False, marks=pytest.mark.slow)
       for m, c in (("at", True), ("trades", True), ("mart", False))]])
@@ -350,6 +357,7 @@ def test_reference_bn_updates_trains_under_mirrored_strategy():
     assert all(np.isfinite(s).all() for s in bn_statistics(base))
 
 
+@pytest.mark.slow
 def test_schedule_follows_batches_with_torch_momentum():
     """Two DAC batches, lr 0.1 then 0.02: the four updates use 0.1, 0.1, 0.02, 0.02."""
     x, y = batch(n=2 * BATCH)
@@ -551,6 +559,7 @@ class _AddRobustValidationLogs(keras.callbacks.Callback):
             logs[key] = self.VALUES[epoch]
 
 
+@pytest.mark.slow
 def test_monitor_callbacks_keep_the_best_of_every_logged_key(tmp_path):
     """EarlyStopping and ModelCheckpoint run for every key DACModel (and the
     robust-validation callback) logs, with the `mode` the README documents (Keras'
@@ -578,7 +587,9 @@ def test_monitor_callbacks_keep_the_best_of_every_logged_key(tmp_path):
     assert varied >= 5   # else most checks could not tell max from min
 
 
-@pytest.mark.parametrize("key", ["val_accuracy", "adv_accuracy", "val_adv_certainty"])
+@pytest.mark.parametrize("key", ["val_accuracy",
+                                 pytest.param("adv_accuracy", marks=pytest.mark.slow),
+                                 pytest.param("val_adv_certainty", marks=pytest.mark.slow)])
 def test_fit_refuses_auto_mode_on_keys_keras_cannot_infer_before_any_step(key, tmp_path):
     """Keras 3 infers `mode="auto"` only for the losses and compiled metrics; on any
     other key of a DACModel it raises after the first epoch. `DACModel.fit` refuses
@@ -611,6 +622,7 @@ def test_fit_refuses_auto_mode_on_keys_keras_cannot_infer_before_any_step(key, t
     assert int(model.optimizer.iterations) > 0
 
 
+@pytest.mark.slow
 def test_robust_validation_keys_get_their_direction_in_a_users_fit():
     """The keys `callbacks.RobustValidation` adds, with the documented `mode`: the most
     robust epoch is kept for val_robust_accuracy, the least certain for

@@ -97,11 +97,11 @@ def test_two_replicas_equal_one_device(method):
         np.testing.assert_allclose(single_logs[key], mirrored_logs[key], rtol=1e-4)
 
 
-# MART's robust loss for the hardest case (3 replicas, a last batch of 1: two replicas
-# get nothing) by default; every replica count, remainder and AT with --runslow.
+# Every replica count and remainder, AT and MART's robust loss, with --runslow (the
+# default run checks uneven splits in the test below and in test_keras_user.py).
 @pytest.mark.parametrize("replicas, remainder, method", [
     pytest.param(3, 1, "at", marks=pytest.mark.slow),
-    (3, 1, "mart"),
+    pytest.param(3, 1, "mart", marks=pytest.mark.slow),
     *[pytest.param(r, m, "at", marks=pytest.mark.slow)
       for r in (2, 3) for m in (0, 1, 2) if (r, m) != (3, 1)],
     *[pytest.param(r, m, "mart", marks=pytest.mark.slow)
@@ -149,7 +149,8 @@ def _replica_values(variable):
 
 
 @pytest.mark.parametrize("replicas, method", [
-    pytest.param(3, "at", marks=pytest.mark.slow), (2, "trades"),
+    pytest.param(3, "at", marks=pytest.mark.slow),
+    pytest.param(2, "trades", marks=pytest.mark.slow),
     pytest.param(2, "at", marks=pytest.mark.slow),
     pytest.param(3, "trades", marks=pytest.mark.slow)])
 def test_batchnorm_statistics_stay_finite_and_are_replica_0s(replicas, method):

@@ -243,6 +243,7 @@ def test_results_table_and_resume_on_a_url_output(run_dir):
     assert sorted(tf.io.gfile.listdir("ram://evaluate_test/results")) == ["r.json", "r.md"]
 
 
+@pytest.mark.slow
 def test_resume_never_reuses_results_of_other_weights(run_dir, trained, tmp_path):
     """`last` moved on (ckpt-1 -> ckpt-2) with the same clean predictions: the stored
     attack results belong to the old weights and must be recomputed, not reused."""

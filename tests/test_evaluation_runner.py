@@ -31,6 +31,7 @@ def test_eps_zero_gives_clean_accuracy_for_every_attack(digits, logits_fn):
     assert record["worst_case_accuracy"] == pytest.approx(clean, abs=0)
 
 
+@pytest.mark.slow
 def test_more_steps_never_help_on_a_trained_cnn(digits, logits_fn):
     x, y = digits.x_test, digits.y_test
     record = runner.evaluate_model(logits_fn, x, y, attacks="clean,fgsm,pgd20,pgd100",

@@ -170,6 +170,7 @@ def _tensorboard_tags(log_dir):
     return tags
 
 
+@pytest.mark.slow
 def test_keras_callbacks_before_robust_validation_see_its_keys(digits, tmp_path):
     x, y, x_val, y_val = digits
     model = dac_tf.DACModel(small_model(), epsilon=8 / 255, step_size=4 / 255, num_steps=2)

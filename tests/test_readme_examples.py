@@ -73,6 +73,7 @@ def test_the_example_runs_as_written(document, line, code, tmp_path, monkeypatch
         assert np.isfinite(namespace["best"].predict(namespace["x_val"], verbose=0)).all()
 
 
+@pytest.mark.slow
 def test_every_dac_tf_name_the_documents_use_exists():
     # Prose names (`dac_tf.callbacks.RobustValidation`, ...) resolve: a module part is
     # importable, the rest are attributes. Library modules are also attributes of the

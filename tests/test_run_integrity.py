@@ -224,6 +224,7 @@ def test_a_failed_first_epoch_leaves_nothing_and_does_not_block_its_fix(tmp_path
     assert json.loads((model_dir / "config.json").read_text())["lr"] == 0.05
 
 
+@pytest.mark.slow
 def test_an_epoch_that_overflows_the_weights_is_a_failed_epoch(tmp_path):
     """The reported case: the one update of epoch 1 sends the weights to ~1e36 after
     that batch's finite loss was logged; validation then scores NaN logits. The epoch

@@ -69,6 +69,7 @@ def weights(model_dir, which="last"):
     return model.get_weights()
 
 
+@pytest.mark.slow
 def test_end_to_end_run_writes_everything(tmp_path):
     model_dir = tmp_path / "run"
     result = run_cli(tiny_flags(model_dir))

@@ -32,6 +32,7 @@ def test_build_training_is_seeded_by_the_config_and_builds_the_optimizer_slots()
                                                         third.get_weights()))
 
 
+@pytest.mark.slow
 def test_tfds_cifar10_path_under_mock_data(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     config = config_lib.resolve(dict(
