@@ -18,6 +18,7 @@ def test_the_timed_model_is_the_references_preact_resnet18():
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_dac", [False, True])
 def test_a_timed_iteration_is_well_formed(use_dac):
     row = torch_reference.time_reference_step(batch_size=2, steps=2, use_dac=use_dac)
