@@ -109,10 +109,13 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(run):
-    """The run exported through the CLI (end to end): export/NAME/1."""
+    """The run exported through the program's `main`, in this process: export/NAME/1.
+    (`python -m dac_tf.export` as a process: the versions test below and
+    tests/test_paper_path.py, with --runslow.)"""
     base = str(run["root"] / "export" / "digits_at")
-    code, out, err = _finish(_run_cli(f"--model_dir={run['model_dir']}",
-                                      f"--export_dir={base}"))
+    result = clitools.run_main(export, [f"--model_dir={run['model_dir']}",
+                                        f"--export_dir={base}"])
+    code, out, err = result.code, result.stdout, result.stderr
     assert code == 0, err[-3000:]
     path = out.strip().splitlines()[-1]
     assert path == os.path.join(base, "1")
@@ -463,7 +466,7 @@ def test_bad_runs_are_one_line_cli_errors(run, tmp_path):
     }
     for name, (model_dir, message) in cases.items():
         extra = ["--version=-1"] if name == "negative version" else []
-        # In this process (the entry point itself runs in the `exported` fixture).
+        # In this process, as the `exported` fixture.
         result = clitools.run_main(export, [f"--model_dir={model_dir}",
                                             f"--export_dir={base}", *extra])
         code, out, err = result.code, result.stdout, result.stderr
