@@ -47,9 +47,8 @@ _REQUIRES = ("a dac_tf.DACModel: run `import dac_tf` before keras.saving.load_mo
              "its base model saved alone (model.base_model.save) loads with Keras only")
 
 
-# The direction of each value `DACModel` logs, for Keras' monitor callbacks
-# (`ModelCheckpoint`, `EarlyStopping`, `ReduceLROnPlateau`): Keras 3 infers
-# `mode="auto"` only for "loss", so `fit` refuses "auto" on the others at its start.
+# The direction of each value `DACModel` logs, for Keras' monitor callbacks: Keras 3
+# infers `mode="auto"` only for "loss", so `fit` refuses "auto" on the others.
 MONITOR_MODES = {"loss": "min", "ac_loss": "min", "adv_certainty": "min",
                  "adv_accuracy": "max", "accuracy": "max", "clean_accuracy": "max"}
 
@@ -179,8 +178,7 @@ class DACModel(keras.Model):
         return self.base_model(inputs, training=training)
 
     def predict_step(self, data):
-        """The base model's logits, BatchNorm in inference mode; a replica's empty
-        share of the last batch gives empty logits (`replicas.call_on_nonempty`)."""
+        """Logits, BatchNorm in inference mode; empty for an empty share of a batch."""
         images, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return replicas.call_on_nonempty(lambda x: self(x, training=False), images)
 
@@ -414,21 +412,20 @@ class DACModel(keras.Model):
         `val_robust_accuracy` and the other robust keys at each epoch's end, so it runs
         before the callbacks that read them wherever it stands in the list
         (`dac_tf.callbacks.ordered`: the validations first, everything else in its
-        order). Arguments and return value are `keras.Model.fit`'s.
+        order), and a monitor callback in `mode="auto"` on one of `MONITOR_MODES` but
+        the loss is refused before the first step. Arguments and return value are
+        `keras.Model.fit`'s.
         """
         from dac_tf import callbacks as callbacks_lib  # noqa: PLC0415 (imports this module)
         if len(args) > 5:   # fit(x, y, batch_size, epochs, verbose, callbacks, ...)
             args = args[:5] + (callbacks_lib.ordered(args[5]),) + args[6:]
-            callbacks = args[5]
-        else:
-            callbacks = kwargs.get("callbacks")
-            if callbacks is not None:
-                kwargs["callbacks"] = callbacks = callbacks_lib.ordered(callbacks)
+        elif kwargs.get("callbacks") is not None:
+            kwargs["callbacks"] = callbacks_lib.ordered(kwargs["callbacks"])
+        callbacks = args[5] if len(args) > 5 else kwargs.get("callbacks")
         if callbacks is not None:
-            callbacks_lib.check_monitor_modes(
-                getattr(callbacks, "callbacks", callbacks),
-                {f"{prefix}{key}": mode for key, mode in MONITOR_MODES.items()
-                 for prefix in ("", "val_") if key != "loss"})
+            callbacks_lib.check_monitor_modes(getattr(callbacks, "callbacks", callbacks), {
+                f"{prefix}{key}": mode for key, mode in MONITOR_MODES.items()
+                for prefix in ("", "val_") if key != "loss"})
         return super().fit(*args, **kwargs)
 
     def save_weights(self, filepath, overwrite=True, max_shard_size=None):
