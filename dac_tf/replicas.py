@@ -104,10 +104,7 @@ def pad_empty_replica(images, labels):
     """
     if _replica_context() is None:
         return images, labels, None
-    count = tf.shape(images)[0]
-    pad = tf.maximum(1 - count, 0)
-    images = tf.concat([images, tf.zeros(tf.concat([[pad], tf.shape(images)[1:]], 0),
-                                         images.dtype)], 0)
+    images, count, pad = _pad_to_one_example(images)
     labels = tf.concat([labels, tf.zeros([pad], labels.dtype)], 0)
     weights = tf.concat([tf.ones([count]), tf.zeros([pad])], 0)
     return images, labels, weights
@@ -131,11 +128,16 @@ def call_on_nonempty(fn, images):
     Returns:
       `fn`'s outputs, each [N, ...].
     """
+    padded, count, _ = _pad_to_one_example(images)
+    return tf.nest.map_structure(lambda output: output[:count], fn(padded))
+
+
+def _pad_to_one_example(images):
+    """(images + one zero image if there were none, the count before, the pad: 0 or 1)."""
     count = tf.shape(images)[0]
     pad = tf.maximum(1 - count, 0)
-    padded = tf.concat([images, tf.zeros(tf.concat([[pad], tf.shape(images)[1:]], 0),
-                                         images.dtype)], 0)
-    return tf.nest.map_structure(lambda output: output[:count], fn(padded))
+    zeros = tf.zeros(tf.concat([[pad], tf.shape(images)[1:]], 0), images.dtype)
+    return tf.concat([images, zeros], 0), count, pad
 
 
 def replica_id():
